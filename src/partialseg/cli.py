@@ -1,0 +1,164 @@
+"""The ``partialseg`` command line. Heavy modules are imported inside each command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from partialseg.errors import PartialsegError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train one multi-organ CT segmentation model from partially labelled data.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="New dataset folder (must not exist).")],
+    cases: Annotated[int, typer.Option("--cases", "-n", min=1, help="Number of cases.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed (the same seed gives the same dataset).")] = 0,
+    preset: Annotated[str, typer.Option(help="Geometry preset: 'cpu' (coarse, ~5 mm) or 'gpu' (fine).")] = "cpu",
+    shape: Annotated[Optional[str], typer.Option(help="Override the volume shape, e.g. 64,64,48 (x,y,z voxels).")] = None,
+    spacing: Annotated[Optional[str], typer.Option(help="Override the voxel spacing in mm, e.g. 5,5,5.")] = None,
+) -> None:
+    """Write a synthetic abdominal CT dataset (15 AMOS organs, fully labelled) in the nnU-Net v2 layout."""
+    from partialseg.data.phantom import PRESETS, synthesize_dataset
+
+    try:
+        if preset not in PRESETS:
+            raise PartialsegError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        cfg = PRESETS[preset]
+        overrides = {}
+        if shape:
+            overrides["shape"] = _triple(shape, int, "--shape")
+        if spacing:
+            overrides["spacing"] = _triple(spacing, float, "--spacing")
+        if overrides:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, **overrides)
+        path = synthesize_dataset(out, cases=cases, seed=seed, config=cfg)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote {cases} cases to {path}")
+
+
+def _triple(text: str, kind: type, flag: str) -> tuple:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) != 3:
+        raise PartialsegError(f"{flag} needs three comma-separated values, got {text!r}")
+    try:
+        return tuple(kind(p) for p in parts)
+    except ValueError:
+        raise PartialsegError(f"{flag}: cannot parse {text!r}") from None
+
+
+@app.command()
+def simulate(
+    dataset: Annotated[Path, typer.Argument(help="Fully labelled dataset folder.")],
+    out: Annotated[Path, typer.Argument(help="New partially labelled dataset folder.")],
+    keep: Annotated[float, typer.Option(help="Fraction of organs kept per case (IPnP protocol).")] = 0.33,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    mode: Annotated[str, typer.Option(help="'random' (per-case random subset) or 'groups' (TCT: fixed subsets per source group).")] = "random",
+    groups: Annotated[Optional[Path], typer.Option(help="YAML/JSON file {group: [class names]} for --mode groups; default: the TCT paper's five sources.")] = None,
+) -> None:
+    """Make a partially labelled copy: removed organs become 0, dataset.json lists each case's annotated classes."""
+    from partialseg.data.simulate import simulate_partial_labels
+
+    try:
+        path = simulate_partial_labels(dataset, out, keep=keep, seed=seed, mode=mode, groups_file=groups)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote partially labelled dataset to {path}")
+
+
+@app.command()
+def merge(
+    mapping: Annotated[Path, typer.Argument(help="YAML/JSON mapping of source datasets and labels onto the target label space.")],
+    out: Annotated[Path, typer.Argument(help="New merged dataset folder.")],
+) -> None:
+    """Merge several source datasets with different label sets into one partially labelled dataset."""
+    from partialseg.data.merge import merge_datasets
+
+    try:
+        path = merge_datasets(mapping, out)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote merged dataset to {path}")
+
+
+@app.command()
+def info(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    check: Annotated[bool, typer.Option(help="Also load every file and check grids, label values and NaN.")] = False,
+) -> None:
+    """Summarise a dataset: cases, label space, per-organ annotation counts, spacings, shapes, orientation."""
+    from partialseg.data.info import dataset_info, format_info
+
+    try:
+        summary = dataset_info(dataset, check=check)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(format_info(summary))
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the preprocessed cache.")],
+    spacing: Annotated[Optional[str], typer.Option(help="Target spacing in mm, e.g. 5,5,5 (default: the dataset's median).")] = None,
+    normalization: Annotated[str, typer.Option(help="'tct' (clip HU to [-1024,1024], scale to [0,1]) or 'nnunet' (CT percentile clip + z-score).")] = "tct",
+) -> None:
+    """Reorient to RAS, resample, normalise and cache as memory-mappable arrays."""
+    from partialseg.data.preprocess import PreprocessConfig, prepare_dataset
+
+    try:
+        cfg = PreprocessConfig(
+            spacing=_triple(spacing, float, "--spacing") if spacing else None, normalization=normalization
+        )
+        path = prepare_dataset(dataset, out, cfg)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote preprocessed cache to {path}")
+
+
+@app.command()
+def evaluate(
+    pred_dir: Annotated[Path, typer.Argument(help="Folder of predicted label maps <case>.nii.gz.")],
+    ref_dir: Annotated[Path, typer.Argument(help="Folder of reference label maps <case>.nii.gz.")],
+    out: Annotated[Path, typer.Option("--out", help="Results JSON path; .md and .csv tables are written beside it.")] = Path("results.json"),
+    dataset: Annotated[Optional[Path], typer.Option(help="Dataset folder: label space, and annotated classes when REF_DIR is its labelsTr.")] = None,
+    labels: Annotated[str, typer.Option(help="Registered label space when no --dataset is given.")] = "amos15",
+) -> None:
+    """DSC and HD95 (mm) per organ per case, aggregated per organ over the cases whose reference annotates it."""
+    from partialseg.evaluation.evaluate import evaluate_folders, format_table
+
+    try:
+        result = evaluate_folders(pred_dir, ref_dir, out=out, dataset=dataset, label_space_name=labels)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(format_table(result))
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    try:
+        app()
+    except PartialsegError as e:  # errors raised outside a command's own handler
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

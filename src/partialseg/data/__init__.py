@@ -1,0 +1,1 @@
+"""Datasets: reading, synthesising, simulating partial labels, merging and preprocessing."""

@@ -1,0 +1,38 @@
+"""Pure-data registry: the class sets partialseg knows by name.
+
+Imports nothing heavy, so the CLI can build its choices and ``--list`` output instantly.
+"""
+
+from __future__ import annotations
+
+#: The 15 AMOS abdominal organs, in AMOS numbering (index + 1 is the label value).
+AMOS15: tuple[str, ...] = (
+    "spleen",
+    "kidney_right",
+    "kidney_left",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior_vena_cava",
+    "pancreas",
+    "adrenal_gland_right",
+    "adrenal_gland_left",
+    "duodenum",
+    "urinary_bladder",
+    "prostate_uterus",
+)
+
+#: Organs the papers call small / hard; used to report subsets and to oversample.
+SMALL_ORGANS: frozenset[str] = frozenset(
+    {"gallbladder", "esophagus", "pancreas", "adrenal_gland_right", "adrenal_gland_left"}
+)
+
+#: Pairs of classes that swap under a patient left-right mirror.
+LEFT_RIGHT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("kidney_right", "kidney_left"),
+    ("adrenal_gland_right", "adrenal_gland_left"),
+)
+
+LABEL_SPACES: dict[str, tuple[str, ...]] = {"amos15": AMOS15}
