@@ -152,6 +152,61 @@ def evaluate(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def methods() -> None:
+    """List the registered training methods."""
+    from partialseg.registry import METHODS
+
+    width = max(len(n) for n in METHODS)
+    for name, desc in METHODS.items():
+        typer.echo(f"{name:<{width}}  {desc}")
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (nnU-Net v2 layout) or a prepared cache.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; with --resume, the run to continue).")],
+    method: Annotated[Optional[str], typer.Option(help="Training method (see `partialseg methods`).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config file.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.steps=200 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed or finished run from its last checkpoint.")] = False,
+) -> None:
+    """Train a model on a partially labelled dataset."""
+    from partialseg.config import load_config
+    from partialseg.training.trainer import train as run_training
+
+    try:
+        overrides = list(set_ or [])
+        if method:
+            overrides.append(f"method.name={method}")
+        cfg = None
+        if config is not None or overrides or not resume:
+            cfg = load_config(config, overrides)
+        model = run_training(dataset, out, cfg, resume=resume)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"model saved to {model}")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder (or model.pt) from `partialseg train`.")],
+    input_dir: Annotated[Path, typer.Argument(help="Folder of CT images (.nii.gz), or one image.")],
+    out_dir: Annotated[Path, typer.Argument(help="New folder for the label maps.")],
+    probabilities: Annotated[bool, typer.Option(help="Also write class probabilities (.npz, float16).")] = False,
+    overlap: Annotated[Optional[float], typer.Option(help="Sliding-window overlap (default: the run's).")] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:i]'.")] = "auto",
+) -> None:
+    """Segment images; each output has the input's exact shape and affine."""
+    from partialseg.inference.predict import predict_folder
+
+    try:
+        written = predict_folder(run, input_dir, out_dir, probabilities=probabilities, device=device, overlap=overlap)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote {len(written)} label maps to {out_dir}")
+
+
 def main() -> None:
     try:
         app()

@@ -36,3 +36,12 @@ LEFT_RIGHT_PAIRS: tuple[tuple[str, str], ...] = (
 )
 
 LABEL_SPACES: dict[str, tuple[str, ...]] = {"amos15": AMOS15}
+
+#: Registered training methods: name → one-line description (``partialseg methods``).
+#: The implementations register themselves under the same names in ``partialseg.methods``.
+METHODS: dict[str, str] = {
+    "full": "Naive full supervision: CE + Dice on the label map as if complete (unannotated organs learnt as background).",
+    "sigmoid": "Partial supervision: one sigmoid channel per organ, BCE + Dice on annotated organs only.",
+    "marginal": "TAL marginal loss (Fang & Yan 2020): unannotated organs' probabilities merged into background; CE + Dice.",
+    "exclusion": "Marginal + exclusion loss (Shi et al. 2021): annotated organ voxels cannot be any unannotated organ.",
+}

@@ -1,0 +1,229 @@
+"""Typed experiment configuration: dataclasses, YAML files and ``key=value`` overrides.
+
+A run's resolved configuration is written to ``RUN/config.yaml`` and stored in every
+checkpoint, so a result can always be traced back to the exact settings.
+
+Method-specific options live in ``method.options`` and are checked against the options
+dataclass the method registers (see ``partialseg.methods``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from partialseg.errors import InputError, PartialsegError
+
+
+@dataclass
+class DataConfig:
+    """Preprocessing applied before training (see ``partialseg.data.preprocess``)."""
+
+    spacing: tuple[float, float, float] | None = None  # mm; None = the dataset's median spacing
+    normalization: str = "tct"  # "tct": clip [-1024, 1024] → [0, 1]; "nnunet": CT percentile clip + z-score
+    val_fraction: float = 0.2  # fraction of training cases held out for validation (at least one case)
+    val_cases: list[str] = field(default_factory=list)  # explicit validation case ids (overrides val_fraction)
+
+
+@dataclass
+class NetworkConfig:
+    name: str = "unet_tct"  # "unet_tct" (TCT Table 6) or "dynunet" (nnU-Net-style)
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. {"base_channels": 16, "norm": "instance"}
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # "adam" or "sgd" (Nesterov, momentum 0.99, as nnU-Net)
+    lr: float = 1e-3
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    schedule: str = "poly"  # "poly" (nnU-Net: lr·(1 − t/T)^0.9) or "constant"
+    grad_clip: float = 12.0  # max gradient norm; 0 disables
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    p_rotate_scale: float = 0.2  # probability of a random rotation about the S-I axis and scaling
+    max_rotation_deg: float = 15.0
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    p_intensity: float = 0.3  # brightness / contrast / gamma
+    p_noise: float = 0.15
+    noise_std: float = 0.02  # in normalised units
+    # A left-right mirror turns a liver into a left-sided one; allowed only with label swapping.
+    p_mirror_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimiser steps in total
+    batch_size: int = 2
+    patch_size: tuple[int, int, int] = (64, 64, 48)  # voxels, RAS array order (x, y, z)
+    foreground_fraction: float = 0.33  # share of patches centred on a voxel of an annotated class
+    val_every: int = 100  # steps between validations (0 = only at the end)
+    checkpoint_every: int = 50  # steps between checkpoints
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    num_threads: int = 0  # CPU threads for torch; 0 = torch's default
+    sw_overlap: float = 0.25  # sliding-window overlap for validation and prediction
+
+
+@dataclass
+class MethodConfig:
+    name: str = "marginal"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentConfig:
+    method: MethodConfig = field(default_factory=MethodConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str | Path | None = None) -> ExperimentConfig:
+        return _build(cls, d, source, "")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _build(cls: type, d: Any, source: str | Path | None, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise InputError(source, f"{prefix or 'config'} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise InputError(source, f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in d:
+            kwargs[f.name] = _coerce(hints[f.name], d[f.name], source, prefix + f.name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, source: str | Path | None, key: str) -> Any:
+    """Check/convert a YAML value to the annotated field type, with an error naming the key."""
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key + ".")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, source, key)
+            except InputError as e:
+                errors.append(e.problem)
+        raise InputError(source, errors[0] if errors else f"{key}: invalid value {value!r}")
+    if tp is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(source, f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, source, key) for v in value)
+        if len(value) != len(args):
+            raise InputError(source, f"{key} needs {len(args)} values, got {list(value)}")
+        return tuple(_coerce(a, v, source, key) for a, v in zip(args, value))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(source, f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], v, source, key) for v in value] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(source, f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(source, f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise InputError(source, f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise InputError(source, f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise InputError(source, f"{key} must be a string, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults ← YAML file ← ``key=value`` overrides (dotted keys, YAML values).
+
+    Example: ``load_config("cfg.yaml", ["train.steps=200", "method.name=tct", "method.options.lam=0.5"])``.
+    """
+    d: dict[str, Any] = ExperimentConfig().to_dict()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(path, "config file does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(path, f"cannot parse YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(path, "a config file must hold a mapping")
+        _merge(d, loaded)
+    for item in overrides or []:
+        _merge(d, parse_override(item))
+    return ExperimentConfig.from_dict(d, path)
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``"a.b.c=1"`` → ``{"a": {"b": {"c": 1}}}``; the value is parsed as YAML (``[1,2]``, ``true``, ``0.5``)."""
+    if "=" not in item:
+        raise PartialsegError(f"override {item!r} must look like key=value, e.g. train.steps=200")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    out: dict[str, Any] = {}
+    cur = out
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "options":
+            _merge(base[k], v)
+        elif isinstance(v, dict) and isinstance(base.get(k), dict):  # options: merge keys too
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v

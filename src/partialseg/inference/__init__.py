@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction and writing label maps in the original geometry."""

@@ -1,0 +1,125 @@
+"""Apply a trained model to NIfTI images and write label maps in each input's own geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from partialseg.errors import InputError
+from partialseg.io import Volume, atomic_output_dir, load_volume, save_volume
+from partialseg.labels import LabelSpace
+from partialseg.methods.base import Method, get_method
+from partialseg.training import checkpoint as ckpt
+
+
+@dataclass
+class Predictor:
+    """A loaded model with the preprocessing it was trained with."""
+
+    net: nn.Module
+    method: Method
+    label_space: LabelSpace
+    preprocess: Any  # PreprocessConfig
+    stats: Any  # NormalizationStats | None
+    patch_size: tuple[int, int, int]
+    overlap: float
+    device: torch.device
+    amp: bool = True
+
+    @classmethod
+    def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None) -> Predictor:
+        """From a run folder (its ``model.pt``) or a model file."""
+        from partialseg.data.preprocess import NormalizationStats, PreprocessConfig
+        from partialseg.networks import build_network
+        from partialseg.training.trainer import resolve_device
+
+        path = Path(run_or_model)
+        if path.is_dir():
+            path = path / ckpt.MODEL_FILE
+        m = ckpt.load(path)
+        if "state_dict" not in m or "network" not in m:
+            raise InputError(path, "not a partialseg model file (no network/state_dict)")
+        space = LabelSpace(tuple(m["label_space"]))
+        method = get_method(m["method"]["name"])(space, m["method"]["options"])
+        n = m["network"]
+        net = build_network(n["name"], n["in_channels"], n["out_channels"], **n["options"])
+        net.load_state_dict(m["state_dict"])
+        dev = resolve_device(device)
+        net.to(dev).eval()
+        return cls(
+            net, method, space, PreprocessConfig.from_dict(m["preprocess"]),
+            None if m.get("stats") is None else NormalizationStats.from_dict(m["stats"]),
+            tuple(m["patch_size"]), float(m["sw_overlap"] if overlap is None else overlap), dev,
+            bool(m.get("config", {}).get("train", {}).get("amp", True)),
+        )
+
+    def predict_volume(self, image: Volume, *, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Label map (uint8, the input's shape/orientation) and optionally probabilities (C, ...) float16."""
+        from partialseg.data.preprocess import preprocess_image, restore_to_original
+        from partialseg.inference.sliding_window import sliding_window_probabilities
+
+        arr, meta = preprocess_image(image, self.preprocess, self.stats, self.preprocess.spacing)
+        probs = sliding_window_probabilities(
+            self.net, self.method.probabilities, arr, self.patch_size, overlap=self.overlap, device=self.device, amp=self.amp
+        ).numpy()
+        if probabilities:
+            p = restore_to_original(probs, meta, is_label=False)
+            return p.argmax(0).astype(np.uint8), p.astype(np.float16)
+        labels = restore_to_original(probs.argmax(0).astype(np.int16), meta, is_label=True)
+        return labels.astype(np.uint8), None
+
+
+def output_name(image_path: Path) -> str:
+    """``case_0000.nii.gz`` (nnU-Net channel suffix) → ``case.nii.gz``; other names are kept."""
+    name = image_path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            if stem.endswith("_0000"):
+                stem = stem[:-5]
+            return stem + ".nii.gz"
+    return name
+
+
+def predict_folder(
+    run: str | Path,
+    input_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    probabilities: bool = False,
+    device: str = "auto",
+    overlap: float | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Predict every ``*.nii.gz``/``*.nii`` in ``input_dir`` (or one file) into the new folder ``out_dir``."""
+    input_dir = Path(input_dir)
+    if input_dir.is_file():
+        files = [input_dir]
+    elif input_dir.is_dir():
+        files = sorted(p for p in input_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")))
+    else:
+        raise InputError(input_dir, "input folder does not exist")
+    if not files:
+        raise InputError(input_dir, "no .nii.gz or .nii images found")
+    names = [output_name(f) for f in files]
+    if len(set(names)) != len(names):
+        raise InputError(input_dir, "several inputs map to the same output name (multi-channel inputs are not supported)")
+    predictor = Predictor.load(run, device=device, overlap=overlap)
+    written = []
+    from tqdm.auto import tqdm
+
+    with atomic_output_dir(out_dir) as tmp:
+        for f, name in tqdm(list(zip(files, names)), desc="predict", unit="case", disable=not progress):
+            vol = load_volume(f, dtype=np.float32)
+            labels, probs = predictor.predict_volume(vol, probabilities=probabilities)
+            save_volume(labels, vol.affine, tmp / name)
+            if probs is not None:
+                np.savez_compressed(tmp / (name[: -len(".nii.gz")] + "_probabilities.npz"), probabilities=probs,
+                                    classes=np.array(["background", *predictor.label_space.names]))
+            written.append(Path(out_dir) / name)
+    return written

@@ -1,0 +1,53 @@
+"""Sliding-window probabilities for a whole preprocessed volume (MONAI's inferer, Gaussian blending)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def autocast_context(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op on CPU (bf16 convs are slow there)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def sliding_window_probabilities(
+    net: nn.Module,
+    to_probabilities,
+    image: np.ndarray | Tensor,
+    patch_size: Sequence[int],
+    *,
+    overlap: float = 0.25,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    sw_batch_size: int = 2,
+) -> Tensor:
+    """``image`` (1, X, Y, Z) → class probabilities (C, X, Y, Z) float32 on the CPU.
+
+    Logits are blended with a Gaussian window (nnU-Net/MONAI) and converted to probabilities
+    once, after blending. Volumes smaller than the patch are padded by the inferer.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = torch.device(device)
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not isinstance(image, Tensor) else image)
+    x = x.float()[None].to(device)
+    was_training = net.training
+    net.eval()
+    try:
+        with autocast_context(device, amp):
+            logits = sliding_window_inference(
+                x, roi_size=tuple(int(p) for p in patch_size), sw_batch_size=sw_batch_size, predictor=net,
+                overlap=overlap, mode="gaussian", padding_mode="replicate",
+            )
+        probs = to_probabilities(logits.float())[0].cpu()
+    finally:
+        net.train(was_training)
+    return probs

@@ -1,0 +1,88 @@
+"""The loss-based baselines of both papers (methods.md, "Baselines")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from partialseg.methods.base import Batch, Method, StepContext, register
+from partialseg.training import losses as L
+
+
+def _voxel_mask(logits: Tensor, batch: Batch) -> Tensor | None:
+    """IPnP's VLS mask when the batch carries pseudo-labels (methods.md, "VLS"), else None."""
+    if batch.pseudo is None or not bool(batch.pseudo.any()):
+        return None
+    return L.vls_voxel_mask(batch.target, logits.argmax(1), batch.pseudo)
+
+
+@register
+class FullSupervision(Method):
+    name = "full"
+
+    def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        logits = net(batch.image)
+        loss = L.full_loss(logits, batch.target, voxel_mask=_voxel_mask(logits, batch))
+        return loss, {"loss": float(loss.detach())}
+
+
+@dataclass
+class MarginalOptions:
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    vls: bool = True  # apply the VLS mask on pseudo-labelled voxels (IPnP); no effect without pseudo-labels
+
+
+@register
+class Marginal(Method):
+    name = "marginal"
+    options_cls = MarginalOptions
+
+    def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        logits = net(batch.image)
+        mask = _voxel_mask(logits, batch) if self.options.vls else None
+        loss = L.marginal_loss(
+            logits, batch.target, batch.annotated, voxel_mask=mask,
+            ce_weight=self.options.ce_weight, dice_weight=self.options.dice_weight,
+        )
+        return loss, {"loss": float(loss.detach())}
+
+
+@dataclass
+class ExclusionOptions:
+    exclusion_weight: float = 1.0
+    form: str = "dice"
+
+
+@register
+class MarginalExclusion(Method):
+    name = "exclusion"
+    options_cls = ExclusionOptions
+
+    def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        logits = net(batch.image)
+        marginal = L.marginal_loss(logits, batch.target, batch.annotated)
+        exclusion = L.exclusion_loss(logits, batch.target, batch.annotated, form=self.options.form)
+        loss = marginal + self.options.exclusion_weight * exclusion
+        return loss, {"loss": float(loss.detach()), "marginal": float(marginal.detach()), "exclusion": float(exclusion.detach())}
+
+
+@register
+class PerOrganSigmoid(Method):
+    name = "sigmoid"
+
+    def output_channels(self) -> int:
+        return self.label_space.num_classes
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        # Background is "no organ above 0.5": 1 − max_c p_c makes argmax pick an organ iff its p > 0.5.
+        p = torch.sigmoid(logits.float())
+        bg = 1.0 - p.max(dim=1, keepdim=True).values
+        return torch.cat([bg, p], dim=1)
+
+    def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        logits = net(batch.image)
+        loss = L.sigmoid_loss(logits, batch.target, batch.annotated)
+        return loss, {"loss": float(loss.detach())}

@@ -1,0 +1,442 @@
+"""The training loop shared by every method.
+
+``train(dataset, out, config)`` prepares (or reuses) a preprocessed cache, splits off
+validation cases, and runs ``config.train.steps`` optimiser steps of the registered method,
+writing into the run folder::
+
+    RUN/config.yaml        resolved configuration
+    RUN/split.json         training / validation case ids
+    RUN/prepared/          preprocessed cache (unless an existing cache was given)
+    RUN/log.csv            one row per step: loss terms, lr, time; validation DSC when measured
+    RUN/curves.png         loss and validation-DSC curves
+    RUN/train.log          human-readable log
+    RUN/checkpoints/last.pt  full training state (atomic; ``resume=True`` continues from it)
+    RUN/model.pt           the inference model (network only) with everything ``predict`` needs
+
+Determinism: all sampling and augmentation randomness comes from generators whose state is
+checkpointed, so a resumed CPU run reproduces an uninterrupted one bit for bit.
+Multi-GPU / multi-process: launch with ``torchrun``; each process samples its own patches and
+DDP averages gradients; only rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from partialseg.config import ExperimentConfig
+from partialseg.errors import InputError, OutputExistsError, PartialsegError
+from partialseg.io import write_json_atomic, write_text_atomic
+from partialseg.labels import LabelSpace
+from partialseg.methods.base import Batch, Method, StepContext, TrainingModel, get_method
+from partialseg.training import checkpoint as ckpt
+from partialseg.training.augment import augment_batch
+from partialseg.training.sampling import mirror_left_right, sample_patch
+
+log = logging.getLogger("partialseg.train")
+
+
+@dataclass
+class TrainCase:
+    """What the loop needs of a case. ``label`` may hold pseudo-labels for the classes in ``pseudo``."""
+
+    case_id: str
+    image: np.ndarray  # (1, X, Y, Z) float32 (memory-mapped)
+    label: np.ndarray  # (X, Y, Z) int
+    annotated: frozenset[int]
+    class_locations: dict[int, np.ndarray]
+    reference: np.ndarray | None = None
+    pseudo: frozenset[int] = frozenset()
+    pad_value: float = 0.0
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PartialsegError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def lr_at(step: int, total: int, cfg_lr: float, schedule: str) -> float:
+    if schedule == "constant":
+        return cfg_lr
+    if schedule == "poly":
+        return cfg_lr * (1.0 - step / max(total, 1)) ** 0.9
+    raise PartialsegError(f"unknown lr schedule {schedule!r}; use 'poly' or 'constant'")
+
+
+def build_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay)
+    raise PartialsegError(f"unknown optimizer {o.name!r}; use 'adam' or 'sgd'")
+
+
+def split_cases(case_ids: Sequence[str], cfg: ExperimentConfig) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split (a seeded shuffle), or the explicit ``data.val_cases``."""
+    ids = list(case_ids)
+    if cfg.data.val_cases:
+        unknown = sorted(set(cfg.data.val_cases) - set(ids))
+        if unknown:
+            raise PartialsegError(f"data.val_cases names unknown cases: {unknown}")
+        val = [c for c in ids if c in set(cfg.data.val_cases)]
+    elif cfg.data.val_fraction <= 0 or len(ids) < 2:
+        val = []
+    else:
+        n_val = max(1, int(round(cfg.data.val_fraction * len(ids))))
+        n_val = min(n_val, len(ids) - 1)
+        order = np.random.default_rng(cfg.train.seed).permutation(len(ids))
+        val = sorted(ids[i] for i in order[:n_val])
+    train = [c for c in ids if c not in set(val)]
+    if not train:
+        raise PartialsegError("no training cases left after the validation split")
+    return train, val
+
+
+def _collate(patches, num_channels: int) -> Batch:
+    def mask(sets):
+        m = torch.zeros(len(sets), num_channels, dtype=torch.bool)
+        m[:, 0] = True
+        for i, s in enumerate(sets):
+            m[i, list(s)] = True
+        return m
+
+    pseudo = mask([p.pseudo for p in patches]) if any(p.pseudo for p in patches) else None
+    if pseudo is not None:
+        pseudo[:, 0] = False
+    return Batch(
+        torch.from_numpy(np.stack([p.image for p in patches])),
+        torch.from_numpy(np.stack([p.label for p in patches])),
+        mask([p.annotated | p.pseudo for p in patches]),
+        pseudo,
+    )
+
+
+def validate(
+    net: nn.Module, method: Method, cases: Sequence[TrainCase], cfg: ExperimentConfig, device: torch.device
+) -> dict[str, float]:
+    """Mean DSC per class over validation cases: against the full reference when the dataset has one,
+    otherwise against the partial labels on each case's annotated classes only."""
+    from partialseg.evaluation.metrics import dice
+    from partialseg.inference.sliding_window import sliding_window_probabilities
+
+    space = method.label_space
+    scores: dict[int, list[float]] = {c: [] for c in range(1, space.num_channels)}
+    for case in cases:
+        probs = sliding_window_probabilities(
+            net, method.probabilities, case.image, cfg.train.patch_size,
+            overlap=cfg.train.sw_overlap, device=device, amp=cfg.train.amp,
+        )
+        pred = probs.argmax(0).numpy()
+        if case.reference is not None:
+            ref, classes = np.asarray(case.reference), range(1, space.num_channels)
+        else:
+            ref, classes = np.asarray(case.label), sorted(case.annotated)
+        for c in classes:
+            scores[c].append(dice(pred == c, ref == c))
+    out = {f"val_dsc_{space.name(c)}": float(np.mean(v)) for c, v in scores.items() if v}
+    if out:
+        out["val_dsc_mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def _write_log(rows: list[dict[str, Any]], run: Path) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    write_text_atomic(buf.getvalue(), run / "log.csv")
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Loss (smoothed) and validation DSC against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows], dtype=float)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(steps, loss, alpha=0.3, color="C0", label="loss")
+    k = max(1, len(loss) // 20)
+    if len(loss) >= k:
+        a.plot(steps[k - 1 :], np.convolve(loss, np.ones(k) / k, mode="valid"), color="C0", label=f"mean of {k}")
+    a.set_xlabel("step")
+    a.set_ylabel("training loss")
+    a.legend()
+    val = [(r["step"], r["val_dsc_mean"]) for r in rows if r.get("val_dsc_mean") not in (None, "")]
+    if val:
+        vs, vd = zip(*val)
+        b.plot(vs, vd, "o-", color="C1")
+    b.set_xlabel("step")
+    b.set_ylabel("validation mean DSC")
+    b.set_ylim(0, 1)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _setup_logging(run: Path, rank: int) -> None:
+    if rank != 0:
+        return
+    for h in list(log.handlers):
+        if isinstance(h, logging.FileHandler):
+            log.removeHandler(h)
+            h.close()
+    fh = logging.FileHandler(run / "train.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(fh)
+    log.setLevel(logging.INFO)
+
+
+def load_train_cases(prepared, case_ids: Sequence[str]) -> list[TrainCase]:
+    out = []
+    for cid in case_ids:
+        c = prepared.case(cid)
+        image = c.image
+        out.append(
+            TrainCase(cid, image, c.label, c.annotated, c.class_locations, c.reference, pad_value=float(np.min(image)))
+        )
+    return out
+
+
+def _resolve_run(dataset: Path, run: Path, config: ExperimentConfig | None, resume: bool) -> ExperimentConfig:
+    from partialseg.config import load_config
+
+    cfg_file = run / "config.yaml"
+    if resume:
+        if not (run / ckpt.CHECKPOINT_FILE).exists() and not cfg_file.exists():
+            raise InputError(run, "nothing to resume: no checkpoint or config.yaml in this run folder")
+        saved = load_config(cfg_file)
+        if config is not None and config.to_dict() != saved.to_dict():
+            # steps may grow (train longer); anything else would make the resumed run a different experiment
+            a, b = dict(config.to_dict()), dict(saved.to_dict())
+            a["train"] = {**a["train"], "steps": 0}
+            b["train"] = {**b["train"], "steps": 0}
+            if a != b:
+                raise InputError(cfg_file, "the given configuration differs from the run's; resume uses the saved one "
+                                           "(only train.steps may change)")
+            saved.train.steps = config.train.steps
+        return saved
+    if run.exists() and any(run.iterdir()):
+        raise OutputExistsError(run)
+    return config or ExperimentConfig()
+
+
+def train(
+    dataset: str | Path,
+    out: str | Path,
+    config: ExperimentConfig | None = None,
+    *,
+    resume: bool = False,
+    cases: list[TrainCase] | None = None,
+    label_space: LabelSpace | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train ``config.method.name`` on ``dataset`` (a raw dataset folder or a prepared cache) into ``out``.
+
+    ``cases``/``label_space``/``init_weights`` let pseudo-labelling methods (IPnP) retrain on
+    their own labels from given weights; ordinary use passes only the dataset.
+    Returns the path of the saved inference model.
+    """
+    from partialseg.data.preprocess import PreparedDataset, PreprocessConfig, prepare_dataset
+    from partialseg.networks import build_network
+
+    dataset, run = Path(dataset), Path(out)
+    world, rank, local = _dist_info()
+    cfg = _resolve_run(dataset, run, config, resume)
+    run.mkdir(parents=True, exist_ok=True)
+    _setup_logging(run, rank)
+
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+
+    # --- data -------------------------------------------------------------------------------
+    if (dataset / "prepared.json").exists():
+        prepared_dir = dataset
+    else:
+        prepared_dir = run / "prepared"
+        if rank == 0 and not prepared_dir.exists():
+            prepare_dataset(dataset, prepared_dir, PreprocessConfig(spacing=cfg.data.spacing, normalization=cfg.data.normalization))
+        if world > 1:
+            torch.distributed.barrier()
+    prepared = PreparedDataset.load(prepared_dir)
+    space = label_space or prepared.label_space
+    train_ids, val_ids = split_cases([c.case_id for c in prepared.cases], cfg)
+    if cases is None:
+        train_cases = load_train_cases(prepared, train_ids)
+    else:
+        train_cases = [c for c in cases if c.case_id in set(train_ids)]
+    val_cases = load_train_cases(prepared, val_ids)
+    if rank == 0:
+        write_text_atomic(cfg.to_yaml(), run / "config.yaml")
+        write_json_atomic({"train": train_ids, "validation": val_ids, "prepared": str(prepared_dir.resolve())}, run / "split.json")
+
+    # --- model ------------------------------------------------------------------------------
+    torch.manual_seed(cfg.train.seed)
+    method = get_method(cfg.method.name)(space, cfg.method.options)
+    net = build_network(cfg.network.name, 1, method.output_channels(), **cfg.network.options)
+    if init_weights is not None:
+        net.load_state_dict(init_weights)
+    model = TrainingModel(net, method).to(device)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    rng = np.random.default_rng([cfg.train.seed, rank])
+    gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
+    state = RunState()
+    ck_path = run / ckpt.CHECKPOINT_FILE
+    if resume and ck_path.exists():
+        ck = ckpt.load(ck_path, map_location=device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
+        rng.bit_generator.state = rs["numpy"]
+        gen.set_state(rs["torch"])
+        state = RunState(ck["step"], ck["rows"])
+        if rank == 0:
+            log.info("resumed from %s at step %d", ck_path, state.step)
+    ddp_model: nn.Module = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    total = cfg.train.steps
+    if rank == 0:
+        n_params = sum(p.numel() for p in net.parameters())
+        log.info("method %s, network %s (%.2f M parameters), %d training / %d validation cases, %d steps on %s",
+                 method.name, cfg.network.name, n_params / 1e6, len(train_cases), len(val_cases), total, device)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=state.step, desc=f"train {method.name}", unit="step", dynamic_ncols=True)
+    patch = cfg.train.patch_size
+    n_fg = int(round(cfg.train.foreground_fraction * cfg.train.batch_size))
+    model.train()
+    t0 = time.perf_counter()
+    try:
+        for step in range(state.step, total):
+            patches = []
+            for i in range(cfg.train.batch_size):
+                case = train_cases[int(rng.integers(len(train_cases)))]
+                # the last n_fg items of every batch are forced foreground, as in nnU-Net
+                force = i >= cfg.train.batch_size - n_fg
+                p = sample_patch(case.image, case.label, case.annotated, case.class_locations, patch, rng,
+                                 force_foreground=force, pad_value=case.pad_value, pseudo=case.pseudo)
+                if cfg.augment.enabled and cfg.augment.p_mirror_lr > 0 and rng.random() < cfg.augment.p_mirror_lr:
+                    p = mirror_left_right(p, space)
+                patches.append(p)
+            batch = _collate(patches, space.num_channels)
+            image, target = augment_batch(batch.image, batch.target, cfg.augment, gen)
+            batch = Batch(image, target, batch.annotated, batch.pseudo).to(device)
+            lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            from partialseg.inference.sliding_window import autocast_context
+
+            with autocast_context(device, cfg.train.amp):
+                loss, parts = ddp_model(batch, StepContext(step, total))
+            if not torch.isfinite(loss):
+                raise PartialsegError(f"loss became {float(loss)} at step {step}; lower optim.lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            row: dict[str, Any] = {"step": step + 1, "lr": lr, **parts, "seconds": round(time.perf_counter() - t0, 3)}
+            last = step + 1 == total
+            if rank == 0 and val_cases and ((cfg.train.val_every and (step + 1) % cfg.train.val_every == 0) or last):
+                row.update(validate(net, method, val_cases, cfg, device))
+                log.info("step %d: %s", step + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("val_dsc_mean")))
+            state.rows.append(row)
+            state.step = step + 1
+            if (step + 1) % max(cfg.train.checkpoint_every, 1) == 0 or last:
+                rngs = [{"numpy": rng.bit_generator.state, "torch": gen.get_state()}]
+                if world > 1:
+                    gathered: list[Any] = [None] * world
+                    torch.distributed.all_gather_object(gathered, rngs[0])
+                    rngs = gathered
+                if rank == 0:
+                    ckpt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
+                                      "step": state.step, "rows": state.rows, "config": cfg.to_dict()}, ck_path)
+                    _write_log(state.rows, run)
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(loss):.3f}", **({"val": f"{row['val_dsc_mean']:.3f}"} if "val_dsc_mean" in row else {}))
+                bar.update(1)
+            if on_step is not None:
+                on_step(step)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    model_path = run / ckpt.MODEL_FILE
+    if rank == 0:
+        _write_log(state.rows, run)
+        plot_curves(state.rows, run / "curves.png", title=f"{method.name} on {dataset.name}")
+        ckpt.save_atomic(
+            {
+                "format": 1,
+                "state_dict": net.state_dict(),
+                "network": {"name": cfg.network.name, "options": cfg.network.options, "in_channels": 1,
+                            "out_channels": method.output_channels()},
+                "method": {"name": cfg.method.name, "options": cfg.method.options},
+                "label_space": list(space.names),
+                "preprocess": prepared.config.to_dict(),
+                "stats": None if prepared.stats is None else prepared.stats.to_dict(),
+                "patch_size": list(patch),
+                "sw_overlap": cfg.train.sw_overlap,
+                "config": cfg.to_dict(),
+                "steps": state.step,
+            },
+            model_path,
+        )
+        log.info("saved %s after %d steps (%.1f s)", model_path, state.step, time.perf_counter() - t0)
+    if world > 1:
+        torch.distributed.barrier()
+    return model_path
