@@ -1,0 +1,1 @@
+"""Training: losses of the baselines, TCT and IPnP, and the training loop."""

@@ -1,0 +1,660 @@
+"""Loss functions of the baselines, TCT and IPnP (design: ``methods.md``).
+
+Shapes and conventions shared by every function here:
+
+- ``logits``: ``(B, C, *spatial)`` raw scores of the main head, ``C = N + 1`` (background is
+  channel 0). ``*spatial`` is usually ``(X, Y, Z)``; any number of spatial dims works.
+- ``target``: ``(B, *spatial)`` int64 in ``0..N``. Voxels of unannotated organs carry 0.
+- ``annotated``: ``(B, C)`` bool from :func:`annotated_channel_mask`, column 0 always True.
+- ``voxel_mask``: optional ``(B, *spatial)`` float/bool that multiplies every voxel term
+  (IPnP's VLS mask, :func:`vls_voxel_mask`).
+
+Numerics: all loss math runs in float32 whatever the input dtype (``.float()`` first, so
+bf16 autocast is safe) and probabilities are merged in log space (log-sum-exp), so logits of
+±1e4 give finite values and gradients. Every loss returns a float32 scalar tensor.
+
+Reductions used throughout (chosen once, so that the methods are comparable):
+
+- CE terms: mean over all voxels of the batch, weighted by ``voxel_mask`` when given
+  (``sum(m * ce) / sum(m)``, 0 when the mask is all zero), like ``torch``'s ``reduction="mean"``.
+- Soft Dice: nnU-Net's soft Dice, ``(2 TP + smooth) / (sum p + sum y + smooth)`` with
+  ``smooth = 1e-5`` in numerator and denominator, computed per sample and per channel over
+  the spatial dims, averaged over the channels that count for that sample, then over the
+  samples. Channels whose target is empty in a sample still count (as in nnU-Net): their
+  Dice is ~0 unless the prediction is also ~empty, which is what teaches "absent" organs.
+  The background channel counts, as in TAL and TCT's Eq. 1, so that ``full`` is exactly the
+  all-annotated case of ``marginal``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_SMOOTH",
+    "annotated_channel_mask",
+    "aux_dice_loss",
+    "consistency_keep_mask",
+    "consistency_loss",
+    "consistency_terms",
+    "exclusion_loss",
+    "full_loss",
+    "marginal_dice_loss",
+    "marginal_exclusion_loss",
+    "marginal_log_probs",
+    "marginal_loss",
+    "merge_target",
+    "rampup_weight",
+    "sigmoid_loss",
+    "soft_dice_loss",
+    "uncertainty_weighted",
+    "vls_voxel_mask",
+]
+
+DEFAULT_SMOOTH = 1e-5
+EXCLUSION_FORMS = ("dice", "ce", "dice+ce")
+THRESHOLD_MODES = ("median", "mean", "batch-mean")
+CONSISTENCY_CLASSES = ("all", "unlabelled")
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def _spatial_dims(x: Tensor, first: int = 2) -> tuple[int, ...]:
+    return tuple(range(first, x.ndim))
+
+
+def _check_target(logits: Tensor, target: Tensor) -> Tensor:
+    if target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)} (B, C, *spatial)")
+    return target.long()
+
+
+def _check_annotated(annotated: Tensor, batch: int, channels: int) -> Tensor:
+    if annotated.shape != (batch, channels):
+        raise ValueError(f"annotated must be (B, C) = ({batch}, {channels}), got {tuple(annotated.shape)}")
+    return annotated.bool()
+
+
+def _float_mask(voxel_mask: Tensor | None, like: Tensor) -> Tensor | None:
+    if voxel_mask is None:
+        return None
+    if voxel_mask.shape != like.shape:
+        raise ValueError(f"voxel_mask shape {tuple(voxel_mask.shape)} must be {tuple(like.shape)} (B, *spatial)")
+    return voxel_mask.to(device=like.device, dtype=torch.float32)
+
+
+def _lookup(table: Tensor, target: Tensor) -> Tensor:
+    """``table[b, target[b, v]]`` for a per-sample table ``(B, C)``; returns ``(B, *spatial)``."""
+    flat = target.reshape(target.shape[0], -1)
+    return torch.gather(table, 1, flat).reshape(target.shape)
+
+
+def _masked_voxel_mean(values: Tensor, voxel_mask: Tensor | None) -> Tensor:
+    """Mean of ``values`` (B, *spatial) over all voxels, weighted by ``voxel_mask``."""
+    if voxel_mask is None:
+        return values.mean()
+    # clamp keeps an all-zero mask at 0 instead of 0/0
+    return (values * voxel_mask).sum() / voxel_mask.sum().clamp_min(1e-8)
+
+
+def _channel_mean(per_channel: Tensor, channel_mask: Tensor) -> Tensor:
+    """Mean over counted channels per sample, then over samples with at least one counted channel.
+
+    ``per_channel`` (B, C) float, ``channel_mask`` (B, C) bool. 0 (still attached to the graph)
+    when nothing counts, never NaN.
+    """
+    w = channel_mask.to(per_channel.dtype)
+    n = w.sum(dim=1)
+    has = n > 0
+    # where() rather than multiplication, so a non-finite uncounted entry cannot leak a NaN
+    per_sample = torch.where(channel_mask, per_channel, torch.zeros_like(per_channel)).sum(dim=1) / n.clamp_min(1.0)
+    if not bool(has.any()):
+        return per_channel.sum() * 0.0
+    return per_sample[has].mean()
+
+
+def _dice_per_channel(probs: Tensor, target: Tensor, voxel_mask: Tensor | None, smooth: float) -> Tensor:
+    """nnU-Net soft Dice per sample and channel: ``(2 TP + s) / (sum p + sum y + s)``; (B, C)."""
+    if voxel_mask is not None:
+        m = voxel_mask.unsqueeze(1)
+        probs_m, target_m = probs * m, target * m
+    else:
+        probs_m, target_m = probs, target
+    dims = _spatial_dims(probs)
+    tp = (probs_m * target).sum(dims)
+    denom = probs_m.sum(dims) + target_m.sum(dims) + smooth
+    # clamp only matters for smooth = 0 with an empty channel (0/0 otherwise)
+    return (2.0 * tp + smooth) / denom.clamp_min(1e-8)
+
+
+def _one_hot(target: Tensor, num_channels: int) -> Tensor:
+    """(B, *spatial) int → (B, C, *spatial) float32."""
+    return F.one_hot(target, num_channels).movedim(-1, 1).to(torch.float32)
+
+
+def _ce_plus_dice(
+    log_q: Tensor,
+    target: Tensor,
+    channel_mask: Tensor,
+    voxel_mask: Tensor | None,
+    ce_weight: float,
+    dice_weight: float,
+    smooth: float,
+) -> Tensor:
+    """CE on ``log_q`` at the (merged) target plus Dice of ``exp(log_q)`` over counted channels.
+
+    ``target`` never points at an uncounted channel, so the ``-inf`` entries of a marginal
+    ``log_q`` are never gathered.
+    """
+    ce = -torch.gather(log_q, 1, target.unsqueeze(1)).squeeze(1)
+    loss = ce_weight * _masked_voxel_mean(ce, voxel_mask)
+    if dice_weight != 0.0:
+        dice = _dice_per_channel(log_q.exp(), _one_hot(target, log_q.shape[1]), voxel_mask, smooth)
+        loss = loss + dice_weight * (1.0 - _channel_mean(dice, channel_mask))
+    return loss
+
+
+# ---- label bookkeeping -------------------------------------------------------------------
+def annotated_channel_mask(
+    annotated_sets: Sequence[frozenset[int]],
+    num_channels: int,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Per-sample annotated channels, ``(B, C)`` bool, column 0 (background) always True.
+
+    ``annotated_sets[b]`` is Phi of sample ``b`` (class indices ``1..C-1``, methods.md
+    "Notation"); it comes from the case's stored list, never from the label values.
+    """
+    mask = torch.zeros(len(annotated_sets), num_channels, dtype=torch.bool)
+    mask[:, 0] = True
+    for b, phi in enumerate(annotated_sets):
+        for c in phi:
+            if not 1 <= int(c) < num_channels:
+                raise ValueError(f"annotated class {c} of sample {b} is outside 1..{num_channels - 1}")
+            mask[b, int(c)] = True
+    return mask.to(device) if device is not None else mask
+
+
+def merge_target(target: Tensor, annotated: Tensor) -> Tensor:
+    """Label map with every class outside ``{0} ∪ Phi`` folded into 0, ``(B, *spatial)``.
+
+    By convention such voxels already carry 0; folding makes the merged losses correct
+    even for a label map that still holds an unannotated class (Eq. 4 of TCT merges the
+    supervision the same way).
+    """
+    return torch.where(_lookup(annotated, target), target, torch.zeros_like(target))
+
+
+# ---- Dice ----------------------------------------------------------------------------------
+def soft_dice_loss(
+    probs: Tensor,
+    target_onehot: Tensor,
+    channel_mask: Tensor | None = None,
+    voxel_mask: Tensor | None = None,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """``1 - mean Dice`` over counted channels, per sample, then averaged over samples.
+
+    Dice is nnU-Net's soft Dice ``(2 sum(p y) + smooth) / (sum p + sum y + smooth)`` over the
+    spatial dims of one sample and channel (``smooth = 1e-5`` in numerator and denominator);
+    channels with an empty target count. Samples with no counted channel are skipped (0 if
+    none has one).
+
+    Args:
+        probs: ``(B, C, *spatial)`` probabilities.
+        target_onehot: ``(B, C, *spatial)``, same shape, values in [0, 1].
+        channel_mask: ``(B, C)`` bool, channels that count per sample; None: all.
+        voxel_mask: ``(B, *spatial)`` weights multiplying every voxel term.
+        smooth: additive smoothing.
+    """
+    if probs.shape != target_onehot.shape:
+        raise ValueError(f"probs {tuple(probs.shape)} and target_onehot {tuple(target_onehot.shape)} differ")
+    probs = probs.float()
+    vm = _float_mask(voxel_mask, probs[:, 0])
+    dice = _dice_per_channel(probs, target_onehot.to(probs), vm, smooth)
+    if channel_mask is None:
+        channel_mask = torch.ones(dice.shape, dtype=torch.bool, device=dice.device)
+    return 1.0 - _channel_mean(dice, channel_mask.bool())
+
+
+# ---- baselines ---------------------------------------------------------------------------
+def full_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    voxel_mask: Tensor | None = None,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """Baseline ``full``: CE + soft Dice treating the label map as complete (methods.md table).
+
+    Unannotated organs (label 0) are learnt as background. Dice runs over all ``C`` channels,
+    background included (see module docstring), so that :func:`marginal_loss` with every
+    class annotated is this loss exactly.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: ``(B, *spatial)`` int in ``0..C-1``.
+    """
+    target = _check_target(logits, target)
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    vm = _float_mask(voxel_mask, target)
+    all_channels = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    return _ce_plus_dice(log_p, target, all_channels, vm, ce_weight, dice_weight, smooth)
+
+
+def marginal_log_probs(logits: Tensor, annotated: Tensor) -> Tensor:
+    """Log of TAL's merged probabilities (Fang & Yan 2020; TCT Eq. 2), ``(B, C, *spatial)``.
+
+    ``log q^0 = log(p^0 + sum_{n in Phi^c} p^n)`` (log-sum-exp over the log-softmax of the
+    background and unannotated channels), ``log q^c = log p^c`` for ``c in Phi``. Unannotated
+    channels hold ``-inf``: ``q`` is then a proper distribution over all ``C`` channels with
+    ``q^c = 0`` off ``{0} ∪ Phi``, ``exp`` of it is the merged probability map, and a Dice
+    over ``{0} ∪ Phi`` or a CE gathered at a merged target never touches those entries (do
+    not multiply them by a zero one-hot: ``0 * -inf`` is NaN).
+
+    Args:
+        logits: ``(B, C, *spatial)``, any float dtype (computed in float32).
+        annotated: ``(B, C)`` bool, column 0 True.
+    """
+    annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    view = annotated.reshape(*annotated.shape, *([1] * (logits.ndim - 2)))
+    merged_into_bg = ~view
+    merged_into_bg[:, 0] = True
+    # with Phi^c empty this is logsumexp of the single entry log p^0, which returns it exactly
+    log_q0 = torch.logsumexp(log_p.masked_fill(~merged_into_bg, float("-inf")), dim=1, keepdim=True)
+    log_q = log_p.masked_fill(~view, float("-inf"))
+    return torch.cat([log_q0, log_q[:, 1:]], dim=1)
+
+
+def marginal_loss(
+    logits: Tensor,
+    target: Tensor,
+    annotated: Tensor,
+    *,
+    voxel_mask: Tensor | None = None,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """Baseline ``marginal`` (TAL, Fang & Yan 2020): CE on ``log q`` + Dice on ``q`` over ``{0} ∪ Phi``.
+
+    ``q`` is :func:`marginal_log_probs`; classes outside Phi are merged into background in
+    both the prediction and the target (:func:`merge_target`). With every class annotated it
+    equals :func:`full_loss`. Also the IPnP retraining loss, with ``voxel_mask`` = VLS mask
+    and the pseudo-labelled classes added to ``annotated``.
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: ``(B, *spatial)`` int.
+        annotated: ``(B, C)`` bool.
+        voxel_mask: ``(B, *spatial)``, multiplies the voxel terms of CE and Dice.
+    """
+    target = _check_target(logits, target)
+    annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
+    log_q = marginal_log_probs(logits, annotated)
+    vm = _float_mask(voxel_mask, target)
+    return _ce_plus_dice(log_q, merge_target(target, annotated), annotated, vm, ce_weight, dice_weight, smooth)
+
+
+def marginal_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    annotated: Tensor,
+    *,
+    voxel_mask: Tensor | None = None,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """TCT's ``L_main`` (Eq. 1–2): ``1 - 1/(M+1) sum_{c in {0} ∪ Phi} Dice(q^c, y^c)``.
+
+    The background channel merges ``{0} ∪ Phi^c`` (Eq. 2 prints ``{0} ∪ Phi``, a typo: the text
+    merges the unannotated organs into background, methods.md "TCT"). Eq. 1 has no smoothing;
+    nnU-Net's ``smooth`` is added to numerator and denominator to avoid 0/0, and the mean over
+    ``{0} ∪ Phi`` is per sample, then over the batch.
+    """
+    return marginal_loss(logits, target, annotated, voxel_mask=voxel_mask, ce_weight=0.0, dice_weight=1.0, smooth=smooth)
+
+
+def _log_one_minus_p(log_p: Tensor, channel: int) -> Tensor:
+    """``log(1 - p^c) = logsumexp_{n != c} log p^n``, exact even where ``p^c`` rounds to 1."""
+    others = torch.ones(log_p.shape[1], dtype=torch.bool, device=log_p.device)
+    others[channel] = False
+    return torch.logsumexp(log_p[:, others], dim=1)
+
+
+def exclusion_loss(
+    logits: Tensor,
+    target: Tensor,
+    annotated: Tensor,
+    *,
+    voxel_mask: Tensor | None = None,
+    form: str = "dice",
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """ME exclusion term (Shi et al. 2021, MedIA 70:101979): organs do not overlap.
+
+    For every unannotated class ``c in Phi^c`` of a sample, its exclusion set is
+    ``E = {v : y_v in Phi, y_v != 0}`` (voxels labelled with an annotated organ cannot be
+    ``c``; the set is the same for every ``c`` of the sample). Forms:
+
+    - ``"dice"`` (default): exclusion Dice ``2 sum(m p^c e) / (sum(m p^c) + sum(m e) + smooth)``,
+      *added* (plus sign), so minimising it drives ``p^c -> 0`` on ``E``. Smoothing sits in the
+      denominator only: with it in the numerator an empty ``E`` and ``p^c = 0`` would score 1,
+      and the term must be exactly 0 whenever ``p^c`` vanishes on ``E``.
+    - ``"ce"``: ``-log(1 - p^c)`` averaged over the voxels of ``E`` (0 when ``E`` is empty),
+      with ``log(1 - p^c)`` as a log-sum-exp over the other channels so it stays finite.
+    - ``"dice+ce"``: their sum.
+
+    Per sample the terms are averaged over ``c in Phi^c``, then over the samples with a
+    non-empty ``Phi^c`` (0 when every sample is fully annotated). The default is the Dice
+    form because Shi et al. pair the marginal CE + Dice with the exclusion Dice in their
+    best reported combination (recalled from the paper; the stored library holds only its
+    abstract, so this could not be re-checked line by line).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: ``(B, *spatial)`` int.
+        annotated: ``(B, C)`` bool.
+    """
+    if form not in EXCLUSION_FORMS:
+        raise ValueError(f"form must be one of {EXCLUSION_FORMS}, got {form!r}")
+    target = _check_target(logits, target)
+    annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
+    vm = _float_mask(voxel_mask, target)
+    unannotated = ~annotated
+    unannotated[:, 0] = False
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    excl = (_lookup(annotated, target) & (target != 0)).to(torch.float32)  # (B, *spatial)
+    excl_m = excl * vm if vm is not None else excl
+    dims = _spatial_dims(excl, first=1)
+    loss = log_p.sum() * 0.0
+    if form in ("dice", "dice+ce"):
+        p = log_p.exp()
+        p_m = p * vm.unsqueeze(1) if vm is not None else p
+        inter = (p_m * excl.unsqueeze(1)).sum(_spatial_dims(p))  # (B, C)
+        denom = p_m.sum(_spatial_dims(p)) + excl_m.sum(dims).unsqueeze(1) + smooth
+        loss = loss + _channel_mean(2.0 * inter / denom, unannotated)
+    if form in ("ce", "dice+ce"):
+        n_excl = excl_m.sum(dims).clamp_min(1e-8)  # (B,)
+        zero = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+        cols = [zero]
+        for c in range(1, logits.shape[1]):
+            # one log-sum-exp per class unannotated somewhere in the batch, not a (C, C) tensor
+            if bool(unannotated[:, c].any()):
+                nll = -_log_one_minus_p(log_p, c)
+                cols.append((nll * excl_m).sum(dims) / n_excl)
+            else:
+                cols.append(zero)
+        loss = loss + _channel_mean(torch.stack(cols, dim=1), unannotated)
+    return loss
+
+
+def marginal_exclusion_loss(
+    logits: Tensor,
+    target: Tensor,
+    annotated: Tensor,
+    *,
+    voxel_mask: Tensor | None = None,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    exclusion_weight: float = 1.0,
+    form: str = "dice",
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """Baseline ``exclusion`` (ME, Shi et al. 2021): ``marginal + exclusion_weight * exclusion``."""
+    marg = marginal_loss(
+        logits, target, annotated, voxel_mask=voxel_mask, ce_weight=ce_weight, dice_weight=dice_weight, smooth=smooth
+    )
+    excl = exclusion_loss(logits, target, annotated, voxel_mask=voxel_mask, form=form, smooth=smooth)
+    return marg + exclusion_weight * excl
+
+
+def sigmoid_loss(
+    logits: Tensor,
+    target: Tensor,
+    annotated: Tensor,
+    *,
+    voxel_mask: Tensor | None = None,
+    bce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """Baseline ``sigmoid`` ("partial supervision", IPnP baseline (3)): BCE + Dice on Phi only.
+
+    One sigmoid channel per organ, no background channel: channel ``c - 1`` predicts class
+    ``c`` against the target ``(y == c)``. Channels outside Phi get no term at all (zero
+    gradient). BCE is averaged over the (sample, annotated channel, voxel) triples, weighted
+    by ``voxel_mask``; Dice per sample over its annotated channels, then over the samples that
+    have one.
+
+    Args:
+        logits: ``(B, N, *spatial)``.
+        target: ``(B, *spatial)`` int in ``0..N``.
+        annotated: ``(B, N + 1)`` bool from :func:`annotated_channel_mask` (column 0 ignored).
+    """
+    b, n = logits.shape[:2]
+    target = _check_target(logits, target)
+    annotated = _check_annotated(annotated, b, n + 1).to(logits.device)[:, 1:]
+    x = logits.float()
+    classes = torch.arange(1, n + 1, device=logits.device).reshape(1, n, *([1] * (logits.ndim - 2)))
+    y = (target.unsqueeze(1) == classes).to(torch.float32)
+    vm = _float_mask(voxel_mask, target)
+    w = annotated.reshape(b, n, *([1] * (logits.ndim - 2))).to(torch.float32).expand_as(x)
+    if vm is not None:
+        w = w * vm.unsqueeze(1)
+    bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    # where() keeps unannotated channels out of the graph entirely (no 0 * inf risk)
+    loss = bce_weight * torch.where(w > 0, bce * w, torch.zeros_like(bce)).sum() / w.sum().clamp_min(1e-8)
+    if dice_weight != 0.0:
+        dice = _dice_per_channel(torch.sigmoid(x), y, vm, smooth)
+        loss = loss + dice_weight * (1.0 - _channel_mean(dice, annotated))
+    return loss
+
+
+# ---- TCT -----------------------------------------------------------------------------------
+def aux_dice_loss(
+    aux_logits: Tensor,
+    target: Tensor,
+    annotated: Tensor,
+    *,
+    voxel_mask: Tensor | None = None,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """TCT's ``L_aux`` (Eq. 3–4): ``sum_{j in Phi} (1 - 1/2 sum_{c in {0, j}} Dice(g_j^c, z^c))``.
+
+    ATH ``j`` is a 2-channel softmax ``(g_j^0, g_j^j)``; ``z^j = [y = j]``, ``z^0 = 1 - z^j``
+    (Eq. 4's merge of ``{0} ∪ Phi \\ {j}``). Only ``j in Phi`` are supervised (methods.md: Eq. 3's
+    ``sum over Omega`` cannot supervise an unannotated class). As in Eq. 3 the per-class terms
+    are *summed* over ``j`` (not averaged), per sample, then averaged over the batch; UAUWL's
+    learnt weight absorbs the scale. Dice smoothing as in :func:`soft_dice_loss`.
+
+    Args:
+        aux_logits: ``(B, N, 2, *spatial)``; index ``j - 1`` is ATH ``j``.
+        target: ``(B, *spatial)`` int in ``0..N``.
+        annotated: ``(B, N + 1)`` bool.
+    """
+    if aux_logits.ndim < 4 or aux_logits.shape[2] != 2:
+        raise ValueError(f"aux_logits must be (B, N, 2, *spatial), got {tuple(aux_logits.shape)}")
+    b, n = aux_logits.shape[:2]
+    if target.shape != aux_logits.shape[:1] + aux_logits.shape[3:]:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match aux_logits {tuple(aux_logits.shape)}")
+    target = target.long()
+    annotated = _check_annotated(annotated, b, n + 1).to(aux_logits.device)[:, 1:]
+    g = torch.softmax(aux_logits.float(), dim=2).flatten(0, 1)  # (B*N, 2, *spatial)
+    classes = torch.arange(1, n + 1, device=aux_logits.device).reshape(1, n, *([1] * (target.ndim - 1)))
+    zj = (target.unsqueeze(1) == classes).to(torch.float32)  # (B, N, *spatial)
+    z = torch.stack([1.0 - zj, zj], dim=2).flatten(0, 1)
+    vm = _float_mask(voxel_mask, target)
+    if vm is not None:
+        vm = vm.unsqueeze(1).expand(b, n, *vm.shape[1:]).flatten(0, 1)
+    dice = _dice_per_channel(g, z, vm, smooth).reshape(b, n, 2)
+    per_class = 1.0 - 0.5 * dice.sum(dim=2)
+    return torch.where(annotated, per_class, torch.zeros_like(per_class)).sum(dim=1).mean()
+
+
+def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-class consistency MSE and IoU between the MSH and the ATHs (TCT Eq. 5–6).
+
+    For class ``j`` the MSH's binary view is ``(1 - p^j, p^j)`` (methods.md "TCT"), so
+    ``term_j = mean_v 1/2 [((1 - p^j) - g_j^0)^2 + (p^j - g_j^j)^2]``. The IoU compares the
+    argmax masks: MSH ``argmax_c p^c == j`` against ATH ``g_j^j > g_j^0`` (ties go to
+    background, as ``argmax`` picks the first); both empty gives IoU 1. The IoU is a
+    non-differentiable gate, computed without gradient.
+
+    Args:
+        logits: ``(B, N + 1, *spatial)`` MSH logits.
+        aux_logits: ``(B, N, 2, *spatial)`` ATH logits.
+
+    Returns:
+        ``terms`` ``(B, N)`` float32 (differentiable), ``iou`` ``(B, N)`` float32.
+    """
+    b, c = logits.shape[:2]
+    if aux_logits.shape != (b, c - 1, 2, *logits.shape[2:]):
+        expected = (b, c - 1, 2, *logits.shape[2:])
+        raise ValueError(f"aux_logits must be (B, N, 2, *spatial) = {expected}, got {tuple(aux_logits.shape)}")
+    x = logits.float()
+    a = aux_logits.float()
+    p = torch.softmax(x, dim=1)[:, 1:]  # (B, N, *spatial)
+    g = torch.softmax(a, dim=2)  # (B, N, 2, *spatial)
+    sq = ((1.0 - p) - g[:, :, 0]) ** 2 + (p - g[:, :, 1]) ** 2
+    terms = 0.5 * sq.mean(dim=_spatial_dims(sq))
+    with torch.no_grad():
+        classes = torch.arange(1, c, device=logits.device).reshape(1, c - 1, *([1] * (logits.ndim - 2)))
+        msh = x.argmax(dim=1).unsqueeze(1) == classes
+        ath = a.argmax(dim=2) == 1
+        dims = _spatial_dims(msh)
+        inter = (msh & ath).sum(dims).to(torch.float32)
+        union = (msh | ath).sum(dims).to(torch.float32)
+        iou = torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
+    return terms, iou
+
+
+def consistency_keep_mask(iou: Tensor, participating: Tensor, threshold: str | float = "median") -> Tensor:
+    """TCT's consistency filter (Sec. 3.4): keep ``term_j`` iff ``IoU_j >= theta``; ``(B, N)`` bool.
+
+    ``theta``: ``"median"`` (paper's choice) or ``"mean"`` of the participating IoUs of each
+    sample; ``"batch-mean"``: mean over all participating (sample, class) pairs of the batch;
+    a float: fixed. The median is the usual one (mean of the two middle values for an even
+    count, ``torch.nanquantile(0.5)``). Non-participating classes are never kept and do not
+    enter ``theta``; a sample with none keeps nothing.
+
+    Args:
+        iou: ``(B, N)``.
+        participating: ``(B, N)`` bool, the classes that take part (``all`` or ``Phi^c``).
+        threshold: mode or fixed value.
+    """
+    iou = iou.float()
+    participating = participating.bool()
+    masked = torch.where(participating, iou, torch.full_like(iou, float("nan")))
+    if isinstance(threshold, str):
+        if threshold not in THRESHOLD_MODES:
+            raise ValueError(f"threshold must be one of {THRESHOLD_MODES} or a number, got {threshold!r}")
+        if threshold == "median":
+            theta = torch.nanquantile(masked, 0.5, dim=1, keepdim=True)
+        elif threshold == "mean":
+            theta = torch.nanmean(masked, dim=1, keepdim=True)
+        else:
+            theta = torch.nanmean(masked).reshape(1, 1)
+    else:
+        theta = torch.full((1, 1), float(threshold), device=iou.device)
+    # NaN theta (nothing participates) compares False: nothing kept
+    return participating & (iou >= theta)
+
+
+def consistency_loss(
+    logits: Tensor,
+    aux_logits: Tensor,
+    annotated: Tensor,
+    *,
+    threshold: str | float = "median",
+    classes: str = "all",
+    stop_grad_aux: bool = False,
+) -> Tensor:
+    """TCT's filtered ``L_con`` (Eq. 6): ``sum_j 1[IoU_j >= theta] term_j``.
+
+    Kept terms are *summed* over ``j`` as in Eq. 6, per sample, then averaged over the batch
+    (a dropped term counts as 0). When nothing is kept the loss is 0 (attached to the graph),
+    never NaN.
+
+    Args:
+        logits: ``(B, N + 1, *spatial)``.
+        aux_logits: ``(B, N, 2, *spatial)``.
+        annotated: ``(B, N + 1)`` bool.
+        threshold: see :func:`consistency_keep_mask`.
+        classes: ``"all"`` (``j in Omega``, as printed, default) or ``"unlabelled"`` (``Phi^c``).
+        stop_grad_aux: detach the ATH side, so only the MSH is pulled towards the ATHs.
+    """
+    if classes not in CONSISTENCY_CLASSES:
+        raise ValueError(f"classes must be one of {CONSISTENCY_CLASSES}, got {classes!r}")
+    b, c = logits.shape[:2]
+    annotated = _check_annotated(annotated, b, c).to(logits.device)
+    if stop_grad_aux:
+        aux_logits = aux_logits.detach()
+    terms, iou = consistency_terms(logits, aux_logits)
+    participating = torch.ones_like(iou, dtype=torch.bool) if classes == "all" else ~annotated[:, 1:]
+    keep = consistency_keep_mask(iou, participating, threshold)
+    return torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=1).mean()
+
+
+def uncertainty_weighted(losses: Sequence[Tensor], log_vars: Tensor) -> Tensor:
+    """Uncertainty weighting (Kendall et al. 2018; TCT Eq. 7 UAUWL): ``sum_k L_k e^{-s_k} + s_k / 2``.
+
+    ``s_k = log sigma_k^2``, so ``L / sigma^2 + log sigma`` with ``log sigma = s / 2``;
+    parametrising by ``s`` keeps ``sigma > 0`` without constraints. UAUWL passes two losses
+    (``L_main``, ``L_aux`` with one ``s`` for all ATHs); UWL passes one per ATH.
+
+    Args:
+        losses: ``K`` scalar tensors.
+        log_vars: ``(K,)`` learnable ``s``.
+    """
+    if log_vars.ndim != 1 or log_vars.shape[0] != len(losses):
+        raise ValueError(f"log_vars must have shape ({len(losses)},), got {tuple(log_vars.shape)}")
+    s = log_vars.float()
+    total = s.sum() * 0.0
+    for k, loss in enumerate(losses):
+        total = total + loss.float() * torch.exp(-s[k]) + 0.5 * s[k]
+    return total
+
+
+def rampup_weight(step: float, total: float, lam: float, rampup_fraction: float) -> float:
+    """Sigmoid ramp-up of the consistency weight (mean-teacher schedule; TCT ``w(t)``).
+
+    ``w(t) = lam * exp(-5 (1 - t/T)^2)`` for ``t < T``, ``lam`` from ``T`` on, with
+    ``T = rampup_fraction * total``; ``T <= 0`` means no ramp-up.
+    """
+    ramp = rampup_fraction * total
+    if ramp <= 0 or step >= ramp:
+        return float(lam)
+    phase = 1.0 - max(float(step), 0.0) / ramp
+    return float(lam) * math.exp(-5.0 * phase * phase)
+
+
+# ---- IPnP ----------------------------------------------------------------------------------
+def vls_voxel_mask(target: Tensor, pred: Tensor, pseudo_classes: Tensor) -> Tensor:
+    """IPnP voxel-level selection mask (Eq. 4), ``(B, *spatial)`` float32.
+
+    ``m_v = 0`` where the target is a pseudo-labelled class of the sample (``y_v in P``) and
+    the specialist's current prediction disagrees (``pred_v != y_v``); 1 elsewhere, so every
+    truly annotated voxel stays fully supervised. Background is never a pseudo-labelled
+    class: column 0 of ``pseudo_classes`` is ignored. Pass the result as ``voxel_mask`` to
+    :func:`marginal_loss` with ``annotated = Phi ∪ P`` (classes still unannotated stay
+    marginalised).
+
+    Args:
+        target: ``(B, *spatial)`` int, annotations + pseudo-labels.
+        pred: ``(B, *spatial)`` int, the specialist's argmax label map.
+        pseudo_classes: ``(B, C)`` bool, P per sample.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred shape {tuple(pred.shape)} must equal target shape {tuple(target.shape)}")
+    target = target.long()
+    pseudo = pseudo_classes.bool().to(target.device).clone()
+    pseudo[:, 0] = False
+    unreliable = _lookup(pseudo, target) & (pred.to(target.device).long() != target)
+    return (~unreliable).to(torch.float32)
