@@ -85,9 +85,17 @@ def check_same_grid(a: Volume, b: Volume) -> None:
         )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_sibling(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp makes 0600 files; outputs should get the usual permissions, as open() would give
+    os.chmod(tmp, 0o666 & ~_umask())
     return Path(tmp)
 
 
@@ -159,6 +167,7 @@ def atomic_output_dir(path: str | Path) -> Iterator[Path]:
         raise OutputExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
     try:
         yield tmp
         os.replace(tmp, path)

@@ -37,7 +37,8 @@ def sliding_window_probabilities(
     from monai.inferers import sliding_window_inference
 
     device = torch.device(device)
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not isinstance(image, Tensor) else image)
+    # np.array copies: the input is often a read-only memory map
+    x = image if isinstance(image, Tensor) else torch.from_numpy(np.array(image, dtype=np.float32))
     x = x.float()[None].to(device)
     was_training = net.training
     net.eval()

@@ -239,7 +239,7 @@ def load_train_cases(prepared, case_ids: Sequence[str]) -> list[TrainCase]:
     return out
 
 
-def _resolve_run(dataset: Path, run: Path, config: ExperimentConfig | None, resume: bool) -> ExperimentConfig:
+def _resolve_run(run: Path, config: ExperimentConfig | None, resume: bool, rank: int = 0) -> ExperimentConfig:
     from partialseg.config import load_config
 
     cfg_file = run / "config.yaml"
@@ -257,7 +257,8 @@ def _resolve_run(dataset: Path, run: Path, config: ExperimentConfig | None, resu
                                            "(only train.steps may change)")
             saved.train.steps = config.train.steps
         return saved
-    if run.exists() and any(run.iterdir()):
+    # other ranks would see the folder rank 0 just made
+    if rank == 0 and run.exists() and any(run.iterdir()):
         raise OutputExistsError(run)
     return config or ExperimentConfig()
 
@@ -285,7 +286,7 @@ def train(
 
     dataset, run = Path(dataset), Path(out)
     world, rank, local = _dist_info()
-    cfg = _resolve_run(dataset, run, config, resume)
+    cfg = _resolve_run(run, config, resume, rank)
     run.mkdir(parents=True, exist_ok=True)
     _setup_logging(run, rank)
 
@@ -382,8 +383,8 @@ def train(
 
             with autocast_context(device, cfg.train.amp):
                 loss, parts = ddp_model(batch, StepContext(step, total))
-            if not torch.isfinite(loss):
-                raise PartialsegError(f"loss became {float(loss)} at step {step}; lower optim.lr or check the data")
+            if not torch.isfinite(loss.detach()):
+                raise PartialsegError(f"loss became {float(loss.detach())} at step {step}; lower optim.lr or check the data")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
@@ -407,7 +408,7 @@ def train(
                                       "step": state.step, "rows": state.rows, "config": cfg.to_dict()}, ck_path)
                     _write_log(state.rows, run)
             if bar is not None:
-                bar.set_postfix(loss=f"{float(loss):.3f}", **({"val": f"{row['val_dsc_mean']:.3f}"} if "val_dsc_mean" in row else {}))
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val": f"{row['val_dsc_mean']:.3f}"} if "val_dsc_mean" in row else {}))
                 bar.update(1)
             if on_step is not None:
                 on_step(step)
