@@ -207,6 +207,50 @@ def predict(
     typer.echo(f"wrote {len(written)} label maps to {out_dir}")
 
 
+@app.command()
+def benchmark(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Benchmark folder (re-running resumes and skips finished work).")] = Path("benchmark_out"),
+    keep: Annotated[Optional[list[float]], typer.Option(help="Keep ratios of the partial-label settings (repeatable).")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", "-m", help="Methods to compare (repeatable).")] = None,
+    preset: Annotated[str, typer.Option(help="'quick' (CPU) or 'full' (GPU).")] = "full",
+    quick: Annotated[bool, typer.Option("--quick", help="Shorthand for --preset quick.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic data and the partial-label draw.")] = 0,
+    upper_bound: Annotated[bool, typer.Option(help="Also train `full` on the full labels (the upper bound).")] = True,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config applied to every training.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override for every training (repeatable).")] = None,
+) -> None:
+    """The papers' protocol on synthetic data: upper bound + each method at each keep ratio, one test set."""
+    from partialseg.experiments.benchmark import run_benchmark
+
+    try:
+        result = run_benchmark(
+            out, keeps=keep or [0.67, 0.33], methods=methods or ["full", "sigmoid", "marginal", "exclusion"],
+            preset="quick" if quick else preset, seed=seed, upper_bound=upper_bound, config_file=config,
+            overrides=set_ or [],
+        )
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo((result.out / "benchmark.md").read_text())
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running resumes and skips finished work).")] = Path("demo_out"),
+    method: Annotated[str, typer.Option(help="Partial-label method to show against the naive baseline.")] = "marginal",
+    keep: Annotated[float, typer.Option(help="Fraction of organs kept per training case.")] = 0.33,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override (repeatable).")] = None,
+) -> None:
+    """Synthesise data, train a partial-label method and the naive baseline on CPU, compare them on held-out cases."""
+    from partialseg.experiments.demo import run_demo, summary
+
+    try:
+        result = run_demo(out, method=method, keep=keep, seed=seed, overrides=set_ or [])
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(summary(result))
+
+
 def main() -> None:
     try:
         app()

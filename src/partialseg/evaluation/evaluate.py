@@ -1,0 +1,439 @@
+"""Evaluate predicted label maps against references, per organ per case, then per organ.
+
+Protocol (methods.md, "Data conventions" → Evaluation; the TCT and IPnP tables):
+
+- per case and organ: DSC and HD95 in mm (voxel spacing from the reference's affine);
+- an organ is evaluated in a case only if the reference *annotates* it. Full references
+  (``labelsRef`` or any user folder) annotate every class; a partially labelled ``labelsTr``
+  annotates the classes dataset.json lists for the case. Annotated but absent from the
+  reference (both empty) scores DSC 1, HD95 0;
+- per organ: mean (± population std) DSC over the evaluated cases; mean HD95 over the cases
+  where it is finite, with the number of missing values (exactly one mask empty) beside it,
+  and the number of cases whose prediction misses an organ the reference contains;
+- a mean row: the unweighted mean of the per-organ means (each organ counts once).
+
+``aggregate`` and ``organ_table_rows``/``markdown_table`` work on plain per-case records, so
+benchmark tables that put several methods side by side reuse them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from partialseg.errors import InputError
+from partialseg.evaluation.metrics import Spacing, label_map_metrics
+from partialseg.io import Volume, check_same_grid, load_volume, write_json_atomic, write_text_atomic
+from partialseg.labels import LabelSpace
+
+__all__ = [
+    "EvaluationResult",
+    "aggregate",
+    "evaluate_case",
+    "evaluate_folders",
+    "format_csv",
+    "format_table",
+    "markdown_table",
+    "mean_over_organs",
+    "organ_table_rows",
+]
+
+#: Per-case per-organ record: {"dsc": float, "hd95": float (nan = missing), "pred_empty": bool, "ref_empty": bool}
+OrganRecord = Mapping[str, Any]
+#: {case id: {organ name: OrganRecord}}; only organs the case's reference annotates appear.
+PerCase = Mapping[str, Mapping[str, OrganRecord]]
+
+CSV_COLUMNS = (
+    "organ",
+    "n_cases",
+    "dsc_mean",
+    "dsc_std",
+    "hd95_mean",
+    "hd95_std",
+    "hd95_n",
+    "hd95_missing",
+    "n_pred_empty",
+    "n_ref_empty",
+    "n_spurious",
+)
+
+TABLE_NOTES = (
+    "DSC: mean ± std over the n cases whose reference annotates the organ (an annotated organ absent from both "
+    "reference and prediction scores 1).",
+    "HD95 (mm): mean ± std over the cases where it is finite; 'HD95 missing' counts cases where exactly one of "
+    "prediction and reference is empty (HD95 undefined).",
+    "'Empty pred': cases where the reference contains the organ and the prediction has none of it.",
+    "Mean row: unweighted mean of the organ means; its counts are totals.",
+)
+
+
+# ---- one case ---------------------------------------------------------------------------------
+def evaluate_case(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    label_space: LabelSpace,
+    spacing: Spacing,
+    annotated: frozenset[int] | None = None,
+) -> dict[str, dict[str, float | bool]]:
+    """DSC and HD95 of each annotated organ of one case.
+
+    Args:
+        pred, ref: integer label maps on the same grid (0 = background, ``1..N`` = ``label_space``).
+        label_space: names the classes.
+        spacing: voxel size in mm per array axis.
+        annotated: class indices the reference annotates (Phi); ``None`` = every class.
+
+    Returns:
+        ``{organ name: {"dsc", "hd95", "pred_empty", "ref_empty"}}`` in label-space order, only
+        for annotated organs; ``hd95`` is ``nan`` when exactly one of the masks is empty.
+    """
+    classes = sorted(label_space.all_indices if annotated is None else annotated)
+    unknown = [c for c in classes if c not in label_space.all_indices]
+    if unknown:
+        raise ValueError(f"annotated classes {unknown} are outside 1..{label_space.num_classes}")
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    metrics = label_map_metrics(pred, ref, classes, spacing)
+    return {label_space.name(c): metrics[c].as_dict() for c in classes}
+
+
+# ---- aggregation --------------------------------------------------------------------------------
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std())
+
+
+def aggregate(per_case: PerCase, organs: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-organ summary of per-case records.
+
+    Args:
+        per_case: ``{case: {organ: record}}`` as produced by ``evaluate_case``.
+        organs: organ order of the output (default: order of first appearance). Organs that
+            no case evaluates get ``n_cases == 0`` and ``None`` means.
+
+    Returns:
+        ``{organ: {n_cases, dsc_mean, dsc_std, hd95_mean, hd95_std, hd95_n, hd95_missing,
+        n_pred_empty, n_ref_empty, n_spurious}}``: ``hd95_n`` finite HD95 values went into the
+        mean, ``hd95_missing`` did not; ``n_pred_empty`` = reference has the organ, prediction
+        not; ``n_ref_empty`` = annotated but absent from the reference; ``n_spurious`` = absent
+        from the reference but predicted.
+    """
+    if organs is None:
+        seen: dict[str, None] = {}
+        for records in per_case.values():
+            seen.update(dict.fromkeys(records))
+        organs = list(seen)
+    out: dict[str, dict[str, Any]] = {}
+    for organ in organs:
+        recs = [records[organ] for records in per_case.values() if organ in records]
+        dsc = [float(r["dsc"]) for r in recs]
+        hd = [float(r["hd95"]) for r in recs if r["hd95"] is not None and math.isfinite(r["hd95"])]
+        dsc_mean, dsc_std = _mean_std(dsc)
+        hd_mean, hd_std = _mean_std(hd)
+        out[organ] = {
+            "n_cases": len(recs),
+            "dsc_mean": dsc_mean,
+            "dsc_std": dsc_std,
+            "hd95_mean": hd_mean,
+            "hd95_std": hd_std,
+            "hd95_n": len(hd),
+            "hd95_missing": len(recs) - len(hd),
+            "n_pred_empty": sum(bool(r["pred_empty"]) and not r["ref_empty"] for r in recs),
+            "n_ref_empty": sum(bool(r["ref_empty"]) for r in recs),
+            "n_spurious": sum(bool(r["ref_empty"]) and not r["pred_empty"] for r in recs),
+        }
+    return out
+
+
+def mean_over_organs(per_organ: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The mean row: unweighted mean of the per-organ means; counts are summed.
+
+    Organs with no evaluated case (or no finite HD95) are left out of that mean, and
+    ``n_organs_dsc``/``n_organs_hd95`` say how many organs each mean covers.
+    """
+    dsc = [o["dsc_mean"] for o in per_organ.values() if o["dsc_mean"] is not None]
+    hd = [o["hd95_mean"] for o in per_organ.values() if o["hd95_mean"] is not None]
+    row: dict[str, Any] = {
+        "dsc_mean": float(np.mean(dsc)) if dsc else None,
+        "hd95_mean": float(np.mean(hd)) if hd else None,
+        "n_organs_dsc": len(dsc),
+        "n_organs_hd95": len(hd),
+    }
+    for key in ("n_cases", "hd95_n", "hd95_missing", "n_pred_empty", "n_ref_empty", "n_spurious"):
+        row[key] = int(sum(o[key] for o in per_organ.values()))
+    return row
+
+
+# ---- result -----------------------------------------------------------------------------------
+@dataclass
+class EvaluationResult:
+    """Everything ``evaluate_folders`` computed; ``to_json`` is what it writes.
+
+    ``per_case[case][organ]`` holds ``dsc``, ``hd95`` (mm, ``nan`` = missing), ``pred_empty``,
+    ``ref_empty``; ``per_organ`` and ``mean`` are ``aggregate`` and ``mean_over_organs`` of it.
+    """
+
+    organs: tuple[str, ...]
+    per_case: dict[str, dict[str, dict[str, Any]]]
+    per_organ: dict[str, dict[str, Any]]
+    mean: dict[str, Any]
+    counts: dict[str, int]
+    settings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    spacings: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_per_case(
+        cls,
+        per_case: dict[str, dict[str, dict[str, Any]]],
+        organs: Sequence[str],
+        *,
+        settings: dict[str, Any] | None = None,
+        warnings: list[str] | None = None,
+        spacings: dict[str, tuple[float, ...]] | None = None,
+    ) -> EvaluationResult:
+        per_organ = aggregate(per_case, organs)
+        mean = mean_over_organs(per_organ)
+        counts = {
+            "cases": len(per_case),
+            "organ_evaluations": sum(len(r) for r in per_case.values()),
+            "hd95_missing": mean["hd95_missing"],
+            "pred_empty": mean["n_pred_empty"],
+            "ref_empty": mean["n_ref_empty"],
+            "spurious": mean["n_spurious"],
+        }
+        return cls(tuple(organs), per_case, per_organ, mean, counts, settings or {}, warnings or [], spacings or {})
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict; a missing HD95 (``nan``) becomes ``null``."""
+        return _jsonable(
+            {
+                "settings": self.settings,
+                "counts": self.counts,
+                "mean": self.mean,
+                "per_organ": self.per_organ,
+                "per_case": {
+                    case: {"spacing": list(self.spacings.get(case, ())), "organs": organs}
+                    for case, organs in self.per_case.items()
+                },
+                "warnings": self.warnings,
+            }
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return _jsonable(obj.item())
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---- tables -----------------------------------------------------------------------------------
+def _pm(mean: float | None, std: float | None, scale: float = 1.0) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean * scale:.2f} ± {(std or 0.0) * scale:.2f}" if std is not None else f"{mean * scale:.2f}"
+
+
+def organ_table_rows(
+    per_organ: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any] | None = None
+) -> list[list[str]]:
+    """Rows ``[organ, n, DSC (%), HD95 (mm), HD95 missing, empty pred]``, then the mean row if given."""
+    rows = [
+        [
+            organ,
+            str(o["n_cases"]),
+            _pm(o["dsc_mean"], o["dsc_std"], 100.0),
+            _pm(o["hd95_mean"], o["hd95_std"]),
+            str(o["hd95_missing"]),
+            str(o["n_pred_empty"]),
+        ]
+        for organ, o in per_organ.items()
+    ]
+    if mean is not None:
+        rows.append(
+            [
+                "**mean**",
+                str(mean["n_cases"]),
+                _pm(mean["dsc_mean"], None, 100.0),
+                _pm(mean["hd95_mean"], None),
+                str(mean["hd95_missing"]),
+                str(mean["n_pred_empty"]),
+            ]
+        )
+    return rows
+
+
+TABLE_HEADER = ("organ", "n", "DSC (%)", "HD95 (mm)", "HD95 missing", "empty pred")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table; the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_table(result: EvaluationResult) -> str:
+    """Markdown: the organ table with its mean row, the notes on conventions, and any warnings."""
+    parts = [markdown_table(TABLE_HEADER, organ_table_rows(result.per_organ, result.mean)), ""]
+    parts += [f"- {n}" for n in TABLE_NOTES]
+    parts.append(f"- {result.counts['cases']} cases, {result.counts['organ_evaluations']} organ evaluations.")
+    if result.warnings:
+        parts += ["", *[f"warning: {w}" for w in result.warnings]]
+    return "\n".join(parts)
+
+
+def format_csv(result: EvaluationResult) -> str:
+    """One row per organ (raw numbers: DSC as a fraction, HD95 in mm) and a final ``mean`` row."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+
+    def cell(v: Any) -> str:
+        return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+
+    for organ, o in result.per_organ.items():
+        writer.writerow([organ, *(cell(o[k]) for k in CSV_COLUMNS[1:])])
+    writer.writerow(["mean", *(cell(result.mean.get(k)) for k in CSV_COLUMNS[1:])])
+    return buf.getvalue()
+
+
+# ---- folders ----------------------------------------------------------------------------------
+def _load_label_map(path: Path, label_space: LabelSpace) -> Volume:
+    vol = load_volume(path)
+    label_space.check_label_map(vol.array, path)
+    return Volume(vol.array.astype(np.int16, copy=False), vol.affine, vol.path)
+
+
+def _case_files(folder: Path, ending: str) -> dict[str, Path]:
+    return {p.name[: -len(ending)]: p for p in sorted(folder.iterdir()) if p.name.endswith(ending) and p.is_file()}
+
+
+def evaluate_folders(
+    pred_dir: Path,
+    ref_dir: Path,
+    *,
+    out: Path,
+    dataset: Path | None = None,
+    label_space_name: str = "amos15",
+) -> EvaluationResult:
+    """Evaluate every reference case ``<case>.nii.gz`` of ``ref_dir`` against ``pred_dir/<case>.nii.gz``.
+
+    Args:
+        pred_dir: predicted label maps. Predictions with no reference are ignored (a warning
+            in the result); a reference with no prediction is an ``InputError`` naming the file.
+        ref_dir: reference label maps; they define the case list and the voxel spacing.
+        out: results JSON path (``.json``); ``.md`` and ``.csv`` tables are written beside it.
+        dataset: dataset folder. Gives the label space (its dataset.json) and, when ``ref_dir``
+            is its ``labelsTr``, each case's annotated classes; any other ``ref_dir`` (e.g.
+            ``labelsRef``) is taken as fully annotated.
+        label_space_name: registered label space used when ``dataset`` is not given.
+
+    Raises:
+        InputError: a missing folder/file, a prediction not on its reference's grid, a label
+            value outside the label space, or a reference case unknown to ``dataset``.
+    """
+    from partialseg.data.dataset import PartialDataset
+
+    pred_dir, ref_dir, out = Path(pred_dir), Path(ref_dir), Path(out)
+    if out.suffix.lower() != ".json":
+        raise InputError(out, "the results path must end in .json (the .md and .csv tables are written beside it)")
+    for folder in (pred_dir, ref_dir):
+        if not folder.is_dir():
+            raise InputError(folder, "folder does not exist")
+
+    ds = None
+    if dataset is not None:
+        ds = PartialDataset.load(dataset)
+        label_space, ending = ds.label_space, ds.file_ending
+    else:
+        try:
+            label_space = LabelSpace.named(label_space_name)
+        except ValueError as e:
+            raise InputError(None, str(e)) from None
+        ending = ".nii.gz"
+    partial_ref = ds is not None and ref_dir.resolve() == (ds.root / "labelsTr").resolve()
+    warnings: list[str] = []
+    if partial_ref and ds is not None and ds.cases and ds.cases[0].reference is not None:
+        warnings.append(
+            f"evaluating against the partial labels of {ref_dir}; the dataset also has full references in "
+            f"{ds.cases[0].reference.parent}"
+        )
+
+    refs = _case_files(ref_dir, ending)
+    if not refs:
+        raise InputError(ref_dir, f"no reference label maps named <case>{ending}")
+    preds = _case_files(pred_dir, ending)
+    extra = sorted(set(preds) - set(refs))
+    if extra:
+        shown = ", ".join(extra[:10]) + (", ..." if len(extra) > 10 else "")
+        warnings.append(f"{len(extra)} prediction(s) in {pred_dir} have no reference and were ignored: {shown}")
+
+    per_case: dict[str, dict[str, dict[str, Any]]] = {}
+    spacings: dict[str, tuple[float, ...]] = {}
+    for case, ref_path in refs.items():
+        pred_path = pred_dir / f"{case}{ending}"
+        if case not in preds:
+            raise InputError(pred_path, f"prediction for reference case {case!r} does not exist")
+        annotated: frozenset[int] | None = None
+        if partial_ref and ds is not None:
+            try:
+                annotated = ds.case(case).annotated
+            except KeyError:
+                raise InputError(ref_path, f"case {case!r} is not a case of the dataset {ds.root} (no image)") from None
+        ref = _load_label_map(ref_path, label_space)
+        pred = _load_label_map(pred_path, label_space)
+        check_same_grid(ref, pred)
+        spacings[case] = ref.spacing
+        per_case[case] = evaluate_case(pred.array, ref.array, label_space, ref.spacing, annotated)
+
+    settings = {
+        "pred_dir": str(pred_dir.resolve()),
+        "ref_dir": str(ref_dir.resolve()),
+        "dataset": None if ds is None else str(ds.root.resolve()),
+        "label_space": list(label_space.names),
+        "annotated_from": "dataset.json annotated_classes (partial reference labelsTr)"
+        if partial_ref
+        else "all classes (full reference)",
+        "metrics": {
+            "dsc": "2|P∩R|/(|P|+|R|); MONAI DiceMetric",
+            "hd95": "symmetric 95th-percentile Hausdorff distance in mm between surface voxels (mask XOR its "
+            "6-connected erosion), linear interpolation; MONAI HausdorffDistanceMetric(percentile=95) with "
+            "use_subvoxels=False",
+            "both_empty": "DSC 1, HD95 0",
+            "one_empty": "DSC 0, HD95 missing (null), counted in hd95_missing",
+            "aggregation": "per organ over cases whose reference annotates it; mean row = mean of organ means",
+        },
+    }
+    result = EvaluationResult.from_per_case(
+        per_case, label_space.names, settings=settings, warnings=warnings, spacings=spacings
+    )
+    # an organ no reference contains usually means the wrong label space (--dataset/--labels)
+    absent = [o for o, a in result.per_organ.items() if a["n_cases"] and a["n_ref_empty"] == a["n_cases"]]
+    if absent:
+        result.warnings.append(
+            f"{len(absent)} organ(s) are absent from every reference (scored DSC 1 where not predicted): "
+            + ", ".join(absent)
+        )
+    write_json_atomic(result.to_json(), out)
+    write_text_atomic(format_table(result) + "\n", out.with_suffix(".md"))
+    write_text_atomic(format_csv(result), out.with_suffix(".csv"))
+    return result

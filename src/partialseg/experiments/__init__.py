@@ -1,0 +1,1 @@
+"""End-to-end experiments: the papers' benchmark protocols and the one-command demo."""
