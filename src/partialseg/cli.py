@@ -173,7 +173,7 @@ def train(
 ) -> None:
     """Train a model on a partially labelled dataset."""
     from partialseg.config import load_config
-    from partialseg.training.trainer import train as run_training
+    from partialseg.training.trainer import fit as run_training
 
     try:
         overrides = list(set_ or [])
@@ -211,22 +211,25 @@ def predict(
 def benchmark(
     out: Annotated[Path, typer.Option("--out", "-o", help="Benchmark folder (re-running resumes and skips finished work).")] = Path("benchmark_out"),
     keep: Annotated[Optional[list[float]], typer.Option(help="Keep ratios of the partial-label settings (repeatable).")] = None,
-    methods: Annotated[Optional[list[str]], typer.Option("--methods", "-m", help="Methods to compare (repeatable).")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", "-m", help="Methods to compare (repeatable); a variant is name:key=value,... e.g. tct:threshold=mean.")] = None,
     preset: Annotated[str, typer.Option(help="'quick' (CPU) or 'full' (GPU).")] = "full",
     quick: Annotated[bool, typer.Option("--quick", help="Shorthand for --preset quick.")] = False,
+    protocol: Annotated[str, typer.Option(help="'ipnp' (random organ subsets per case, keep ratios) or 'tct' (five source datasets with fixed organ subsets).")] = "ipnp",
+    ablation: Annotated[bool, typer.Option(help="With --protocol tct: add the TCT ablation variants (paper Tables 5 and 7).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and the partial-label draw.")] = 0,
     upper_bound: Annotated[bool, typer.Option(help="Also train `full` on the full labels (the upper bound).")] = True,
     config: Annotated[Optional[Path], typer.Option(help="YAML config applied to every training.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override for every training (repeatable).")] = None,
 ) -> None:
     """The papers' protocol on synthetic data: upper bound + each method at each keep ratio, one test set."""
-    from partialseg.experiments.benchmark import run_benchmark
+    from partialseg.experiments.benchmark import TCT_ABLATIONS, run_benchmark
 
     try:
+        default = ["full", "sigmoid", "marginal", "exclusion"] + (["tct"] if protocol == "tct" else [])
+        chosen = list(methods or default) + (list(TCT_ABLATIONS) if ablation else [])
         result = run_benchmark(
-            out, keeps=keep or [0.67, 0.33], methods=methods or ["full", "sigmoid", "marginal", "exclusion"],
-            preset="quick" if quick else preset, seed=seed, upper_bound=upper_bound, config_file=config,
-            overrides=set_ or [],
+            out, keeps=keep or [0.67, 0.33], methods=chosen, preset="quick" if quick else preset, protocol=protocol,
+            seed=seed, upper_bound=upper_bound, config_file=config, overrides=set_ or [],
         )
     except (PartialsegError, OSError) as e:
         _fail(e)

@@ -42,7 +42,7 @@ class BenchmarkPreset:
 
     train_cases: int
     test_cases: int
-    phantom: str  # phantom preset name
+    phantom: Any  # phantom preset name or a PhantomConfig
     overrides: tuple[str, ...] = ()  # config overrides applied to every training
     description: str = ""
 
@@ -79,10 +79,55 @@ PRESETS: dict[str, BenchmarkPreset] = {
 
 @dataclass
 class RunSpec:
-    setting: str  # "upper_bound" or "keep0.33"
-    method: str
+    setting: str  # "upper_bound", "keep0.33", "groups"
+    method: str  # label: a method name, or a variant such as "tct[threshold=mean]"
     dataset: Path
     run_dir: Path
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method with option overrides: ``"tct"`` or ``"tct:threshold=mean,weighting=none"``."""
+
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSpec:
+        name, _, rest = text.partition(":")
+        opts = []
+        for item in filter(None, (x.strip() for x in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                raise PartialsegError(f"method variant {text!r}: options must look like key=value")
+            opts.append((key.strip(), value.strip()))
+        return cls(name.strip(), tuple(opts))
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.options)}]"
+
+    @property
+    def folder(self) -> str:
+        return self.label.replace("[", "__").replace("]", "").replace(",", "_").replace("=", "-")
+
+    def overrides(self) -> list[str]:
+        return [f"method.name={self.name}", *(f"method.options.{k}={v}" for k, v in self.options)]
+
+
+#: Ablations of the TCT paper: Table 5 (components) and Table 7 (consistency threshold).
+TCT_ABLATIONS: tuple[str, ...] = (
+    "tct:filtering=false,weighting=none",  # TCT alone
+    "tct:filtering=true,weighting=none",  # + consistency filtering
+    "tct:filtering=false,weighting=uauwl",  # + UAUWL
+    "tct:weighting=uwl",  # UWL (one uncertainty per head) instead of UAUWL
+    "tct:threshold=mean",
+    "tct:threshold=batch-mean",
+    "tct:threshold=0.5",
+)
 
 
 @dataclass
@@ -105,8 +150,8 @@ def _ensure_dataset(path: Path, build) -> Path:
     return path
 
 
-def build_config(preset: BenchmarkPreset, method: str, config_file: Path | None, overrides: Sequence[str]) -> ExperimentConfig:
-    return load_config(config_file, [*preset.overrides, *overrides, f"method.name={method}"])
+def build_config(preset: BenchmarkPreset, spec: MethodSpec, config_file: Path | None, overrides: Sequence[str]) -> ExperimentConfig:
+    return load_config(config_file, [*preset.overrides, *overrides, *spec.overrides()])
 
 
 def train_predict_evaluate(spec: RunSpec, cfg: ExperimentConfig, test: Path, *, progress: bool = True) -> dict[str, Any]:
@@ -114,13 +159,13 @@ def train_predict_evaluate(spec: RunSpec, cfg: ExperimentConfig, test: Path, *, 
     from partialseg.evaluation.evaluate import evaluate_folders
     from partialseg.inference.predict import predict_folder
     from partialseg.training.checkpoint import CHECKPOINT_FILE, MODEL_FILE
-    from partialseg.training.trainer import train
+    from partialseg.training.trainer import fit
 
     run = spec.run_dir
     if not (run / MODEL_FILE).exists():
-        resume = (run / CHECKPOINT_FILE).exists()
+        resume = (run / CHECKPOINT_FILE).exists() or (run / "config.yaml").exists()
         log.info("%s %s: %s", spec.setting, spec.method, "resuming" if resume else "training")
-        train(spec.dataset, run, cfg, resume=resume, progress=progress)
+        fit(spec.dataset, run, cfg, resume=resume, progress=progress)
     pred = run / "test_pred"
     if not pred.exists():
         predict_folder(run, test / "imagesTr", pred, progress=progress)
@@ -140,53 +185,78 @@ def run_benchmark(
     *,
     keeps: Sequence[float] = (0.67, 0.33),
     methods: Sequence[str] = ("full", "sigmoid", "marginal", "exclusion"),
-    preset: str = "quick",
+    preset: str | BenchmarkPreset = "quick",
+    protocol: str = "ipnp",
     seed: int = 0,
     upper_bound: bool = True,
     config_file: Path | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
 ) -> BenchmarkResult:
-    """IPnP protocol: upper bound + each method at each keep ratio, all evaluated on one held-out test set."""
+    """Upper bound + each method in each partial-label setting, all evaluated on one held-out test set.
+
+    ``protocol="ipnp"``: settings are the keep ratios (a random organ subset per case, all 15 organs).
+    ``protocol="tct"``: one setting, "groups": the training cases are split into five source datasets
+    that each annotate a fixed subset of {liver, spleen, kidneys, pancreas} (TCT paper, Sec. 4.1);
+    evaluation on those five organs. ``methods`` may hold variants such as ``tct:threshold=mean``.
+    """
     from partialseg.data.phantom import PRESETS as PHANTOMS
     from partialseg.data.phantom import synthesize_dataset
-    from partialseg.data.simulate import simulate_partial_labels
+    from partialseg.data.simulate import TCT_GROUPS, simulate_partial_labels
     from partialseg.methods import get_method
 
-    if preset not in PRESETS:
+    if isinstance(preset, str) and preset not in PRESETS:
         raise PartialsegError(f"unknown benchmark preset {preset!r}; choose from {sorted(PRESETS)}")
-    for m in methods:
-        get_method(m)
+    if protocol not in ("ipnp", "tct"):
+        raise PartialsegError(f"unknown protocol {protocol!r}; choose 'ipnp' or 'tct'")
+    specs_m = [MethodSpec.parse(m) for m in methods]
+    for m in specs_m:
+        get_method(m.name)
     for k in keeps:
         if not 0 < k <= 1:
             raise PartialsegError(f"--keep values must be in (0, 1], got {k}")
-    p = PRESETS[preset]
+    p = PRESETS[preset] if isinstance(preset, str) else preset
     out = Path(out)
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
-    phantom = PHANTOMS[p.phantom]
-    _check_same_benchmark(out, {"preset": preset, "seed": seed, "phantom": dataclasses.asdict(phantom)})
+    phantom = PHANTOMS[p.phantom] if isinstance(p.phantom, str) else p.phantom
+    _check_same_benchmark(out, {"preset": dataclasses.asdict(p) | {"phantom": None}, "protocol": protocol, "seed": seed, "phantom": dataclasses.asdict(phantom)})
     full = _ensure_dataset(data / "train_full", lambda: synthesize_dataset(data / "train_full", cases=p.train_cases, seed=seed, config=phantom))
     # a different seed stream: test phantoms are new patients, not re-draws of training ones
     test = _ensure_dataset(data / "test", lambda: synthesize_dataset(data / "test", cases=p.test_cases, seed=seed + 100_003, config=phantom))
 
-    specs: list[RunSpec] = []
+    settings: list[tuple[str, Path]] = []
+    if protocol == "ipnp":
+        upper = full
+        for k in keeps:
+            name = setting_name(k)
+            settings.append((name, _ensure_dataset(data / name, lambda k=k, name=name: simulate_partial_labels(full, data / name, keep=k, seed=seed))))
+    else:
+        organs = sorted({c for cs in TCT_GROUPS.values() for c in cs})
+        all_file = data / "tct_all_organs.yaml"
+        if not all_file.exists():
+            write_text_atomic("all: [" + ", ".join(organs) + "]\n", all_file)
+        # the same five organs, fully labelled: upper bound and test reference
+        upper = _ensure_dataset(data / "train_tct_full", lambda: simulate_partial_labels(full, data / "train_tct_full", keep=1.0, seed=seed, mode="groups", groups_file=all_file))
+        test = _ensure_dataset(data / "test_tct", lambda: simulate_partial_labels(test, data / "test_tct", keep=1.0, seed=seed, mode="groups", groups_file=all_file))
+        settings.append(("groups", _ensure_dataset(data / "groups", lambda: simulate_partial_labels(full, data / "groups", keep=1.0, seed=seed, mode="groups"))))
+
+    runs: list[tuple[RunSpec, MethodSpec]] = []
     if upper_bound:
-        specs.append(RunSpec(UPPER_BOUND, "full", full, out / "runs" / UPPER_BOUND / "full"))
-    for k in keeps:
-        name = setting_name(k)
-        ds = _ensure_dataset(data / name, lambda k=k, name=name: simulate_partial_labels(full, data / name, keep=k, seed=seed))
-        specs.extend(RunSpec(name, m, ds, out / "runs" / name / m) for m in methods)
+        ub = MethodSpec("full")
+        runs.append((RunSpec(UPPER_BOUND, "full", upper, out / "runs" / UPPER_BOUND / "full"), ub))
+    for name, ds in settings:
+        runs.extend((RunSpec(name, m.label, ds, out / "runs" / name / m.folder), m) for m in specs_m)
 
     result = BenchmarkResult(out, [], {})
-    for s in specs:
+    for s, _ in runs:
         if s.setting not in result.methods:
             result.settings.append(s.setting)
             result.methods[s.setting] = []
         result.methods[s.setting].append(s.method)
-    for i, s in enumerate(specs):
-        log.info("[%d/%d] %s / %s", i + 1, len(specs), s.setting, s.method)
-        cfg = build_config(p, s.method, config_file, overrides)
+    for i, (s, m) in enumerate(runs):
+        log.info("[%d/%d] %s / %s", i + 1, len(runs), s.setting, s.method)
+        cfg = build_config(p, m, config_file, overrides)
         result.results[(s.setting, s.method)] = train_predict_evaluate(s, cfg, test, progress=progress)
         write_benchmark_tables(result)  # partial tables after every run: a long benchmark shows progress
     return result

@@ -441,3 +441,23 @@ def train(
     if world > 1:
         torch.distributed.barrier()
     return model_path
+
+
+def fit(
+    dataset: str | Path,
+    out: str | Path,
+    config: ExperimentConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train with the method's own procedure: a method class may define ``fit`` (e.g. IPnP's rounds of
+    pseudo-labelling and retraining); every other method is one ``train`` run."""
+    from partialseg.config import load_config
+
+    name = config.method.name if config is not None else load_config(Path(out) / "config.yaml").method.name
+    cls = get_method(name)
+    custom = getattr(cls, "fit", None)
+    if custom is not None:
+        return custom(dataset, out, config, resume=resume, progress=progress)
+    return train(dataset, out, config, resume=resume, progress=progress)
