@@ -1,0 +1,1 @@
+"""IPnP pseudo-labelling: specialist predictions → box prompts → generalist masks → refined pseudo-labels."""
