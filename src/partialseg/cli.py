@@ -254,6 +254,22 @@ def demo(
     typer.echo(summary(result))
 
 
+@app.command()
+def pseudolabel(
+    run: Annotated[Path, typer.Argument(help="An ipnp run folder.")],
+    dataset: Annotated[Path, typer.Argument(help="The dataset the run was trained on.")],
+    out: Annotated[Path, typer.Argument(help="New dataset folder with pseudo-full labels (nnU-Net v2 raw layout).")],
+) -> None:
+    """Export the dataset with the last round's pseudo-labels filled in (annotated voxels keep their labels)."""
+    from partialseg.pseudolabel.export import export_pseudo_labels
+
+    try:
+        path = export_pseudo_labels(run, dataset, out)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote pseudo-labelled dataset to {path}")
+
+
 def main() -> None:
     try:
         app()

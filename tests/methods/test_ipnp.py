@@ -1,0 +1,110 @@
+"""IPnP: one case's pseudo-labelling with the real default generalist, and a 2-round CLI run."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from partialseg.cli import app
+from partialseg.data.dataset import PartialDataset
+from partialseg.evaluation.metrics import dice
+from partialseg.generalist.base import build_generalist
+from partialseg.methods.ipnp import IPnPOptions
+from partialseg.pseudolabel.loop import pseudo_label_case
+from tests.conftest import write_block_dataset
+
+
+def _scene():
+    """Two ellipsoid 'organs' with distinct HU in noisy fat; organ 1 annotated, organ 2 not."""
+    rng = np.random.default_rng(0)
+    shape = (40, 36, 30)
+    x, y, z = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    gt = np.zeros(shape, np.int16)
+    gt[((x - 12) / 7) ** 2 + ((y - 18) / 8) ** 2 + ((z - 15) / 9) ** 2 <= 1] = 1
+    gt[((x - 28) / 6) ** 2 + ((y - 16) / 6) ** 2 + ((z - 14) / 7) ** 2 <= 1] = 2
+    hu = np.where(gt == 1, 60.0, np.where(gt == 2, 160.0, -90.0)) + rng.normal(0, 12, shape)
+    # a specialist that finds organ 2 roughly: shifted by 2 voxels, confident inside
+    probs = np.full((3, *shape), 0.05, np.float32)
+    probs[0] = 0.9
+    shifted = np.roll(gt == 2, 2, axis=0)
+    probs[:, shifted] = np.array([0.15, 0.05, 0.8], np.float32)[:, None]
+    probs[:, gt == 1] = np.array([0.1, 0.85, 0.05], np.float32)[:, None]
+    return hu.astype(np.float32), gt, probs
+
+
+def test_pseudo_label_case_recovers_an_unannotated_organ():
+    hu, gt, probs = _scene()
+    label = np.where(gt == 1, 1, 0).astype(np.int16)  # organ 2 unannotated
+    opts = IPnPOptions(padding=3, dilation=4, tau=0.5)
+    gen = build_generalist("random_walker")
+    masks, decisions, ent = pseudo_label_case(probs, label, frozenset({1}), hu, (2.0, 2.0, 3.0), gen, opts, round_index=1)
+    assert set(masks) == {2} and decisions[2].status == "accepted"
+    assert dice(masks[2], gt == 2) > 0.6
+    assert not (masks[2] & (label == 1)).any()
+    # from round r_e on, a pseudo-label whose mean entropy is not lower than last round's is rejected
+    prev = {2: (np.zeros_like(gt, bool), 0.0)}
+    _, d2, _ = pseudo_label_case(probs, label, frozenset({1}), hu, (2.0, 2.0, 3.0), gen, opts, round_index=2, previous=prev)
+    assert d2[2].status == "rejected_entropy"
+    _, d1, _ = pseudo_label_case(probs, label, frozenset({1}), hu, (2.0, 2.0, 3.0), gen, opts, round_index=1, previous=prev)
+    assert d1[2].status == "accepted"  # before r_e the rule is off
+
+
+def test_no_prediction_no_prompt():
+    hu, gt, probs = _scene()
+    probs[:, probs.argmax(0) == 2] = np.array([0.9, 0.05, 0.05], np.float32)[:, None]
+    _, decisions, _ = pseudo_label_case(probs, np.zeros_like(gt), frozenset({1}), hu, (1.0, 1.0, 1.0),
+                                        build_generalist("random_walker"), IPnPOptions(), round_index=1)
+    assert decisions[2].status == "no_prediction"
+
+
+def test_options_validation():
+    with pytest.raises(Exception, match="retrain"):
+        IPnPOptions(retrain="sometimes")
+    with pytest.raises(Exception, match="rounds"):
+        IPnPOptions(rounds=0)
+
+
+def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
+    ds = write_block_dataset(tmp_path / "blocks", small_space, n_cases=4,
+                             annotated={"case_000": ["liver"], "case_001": ["spleen", "kidney_left"]})
+    before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
+    run = tmp_path / "run"
+    args = ["train", str(ds), "--out", str(run), "--method", "ipnp"]
+    for s in ["train.steps=2", "train.batch_size=1", "train.patch_size=[32,16,16]", "train.val_every=0",
+              "network.options={base_channels: 4}", "data.spacing=[2.0,2.5,3.0]", "train.num_threads=1",
+              "method.options.rounds=2", "method.options.tau=0.0", "method.options.padding=1", "method.options.dilation=2"]:
+        args += ["--set", s]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    for d in ("round_0", "round_1", "round_2"):
+        assert (run / d / "model.pt").exists()
+    assert (run / "model.pt").exists()
+    dec = json.loads((run / "pseudo" / "round_1" / "decisions.json").read_text())
+    assert set(dec) == {f"case_{i:03d}" for i in range(4)}
+    assert set(dec["case_000"]) == {"spleen", "kidney_right", "kidney_left"}  # exactly the unannotated organs
+    assert not dec["case_002"]  # fully annotated: nothing to pseudo-label
+    assert (run / "pseudo_quality.csv").exists() or all(
+        d["status"] != "accepted" for c in dec.values() for d in c.values()
+    )
+    # a second invocation resumes and changes nothing
+    mtime = (run / "model.pt").stat().st_mtime_ns
+    r = CliRunner().invoke(app, ["train", str(ds), "--out", str(run), "--resume"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["predict", str(run), str(ds / "imagesTr"), str(tmp_path / "pred")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["pseudolabel", str(run), str(ds), str(tmp_path / "pseudo_ds")])
+    assert r.exit_code == 0, r.output
+    exported = PartialDataset.load(tmp_path / "pseudo_ds")
+    exported.validate()
+    meta = json.loads((tmp_path / "pseudo_ds" / "dataset.json").read_text())
+    assert set(meta["pseudo_labelled_classes"]) == {c.case_id for c in exported.cases}
+    orig = PartialDataset.load(ds)
+    for c in orig.cases:
+        a = c.load_label(orig.label_space).array
+        b = exported.case(c.case_id).load_label(exported.label_space).array
+        keep = np.isin(a, sorted(c.annotated)) & (a > 0)
+        np.testing.assert_array_equal(a[keep], b[keep])  # annotated voxels never overwritten
+        assert exported.case(c.case_id).annotated >= c.annotated
+    assert {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()} == before  # user's files untouched
