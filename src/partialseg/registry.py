@@ -44,4 +44,6 @@ METHODS: dict[str, str] = {
     "sigmoid": "Partial supervision: one sigmoid channel per organ, BCE + Dice on annotated organs only.",
     "marginal": "TAL marginal loss (Fang & Yan 2020): unannotated organs' probabilities merged into background; CE + Dice.",
     "exclusion": "Marginal + exclusion loss (Shi et al. 2021): annotated organ voxels cannot be any unannotated organ.",
+    "ipnp": "IPnP: specialist box-prompts a frozen generalist for unannotated organs; refined pseudo-labels, VLS loss, rounds.",
+    "tct": "Task consistency training (Zhu et al.): marginal Dice + per-organ auxiliary heads (training only), IoU-filtered MSH/ATH consistency, UAUWL weighting.",
 }

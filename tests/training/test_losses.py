@@ -271,8 +271,10 @@ def test_keep_mask_median_mean_batch_mean_fixed():
     # a tie with the threshold is kept (>=)
     assert consistency_keep_mask(t([[0.2, 0.4, 0.6]]), torch.ones(1, 3, dtype=torch.bool), "median").tolist() == [[False, True, True]]
     assert consistency_keep_mask(iou, everyone, "mean").tolist() == [[False, True, True, False], [False, True, False, True]]
-    # batch mean = 3.8 / 8 = 0.475
-    assert consistency_keep_mask(iou, everyone, "batch-mean").tolist() == [[False, True, True, False], [False, True, False, True]]
+    # batch mean per ATH (over the samples): 0.15, 0.55, 0.65, 0.55
+    assert consistency_keep_mask(iou, everyone, "batch-mean").tolist() == [[False, False, True, False], [True, True, False, True]]
+    # only participating samples enter an ATH's mean: class 3 over sample 1 alone → 0.8 kept
+    assert consistency_keep_mask(iou, part, "batch-mean").tolist() == [[False, False, True, False], [True, True, False, True]]
     assert consistency_keep_mask(iou, everyone, 0.35).tolist() == [[False, True, True, False], [False, True, True, True]]
     with pytest.raises(ValueError):
         consistency_keep_mask(iou, everyone, "max")

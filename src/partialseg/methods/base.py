@@ -100,7 +100,7 @@ class TrainingModel(nn.Module):
 
 _REGISTRY: dict[str, type[Method]] = {}
 # Modules that register methods; imported on first lookup so the CLI starts fast.
-_METHOD_MODULES = ("partialseg.methods.baselines",)
+_METHOD_MODULES = ("partialseg.methods.baselines", "partialseg.methods.ipnp", "partialseg.methods.tct")
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -521,16 +521,20 @@ def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tenso
     x = logits.float()
     a = aux_logits.float()
     p = torch.softmax(x, dim=1)[:, 1:]  # (B, N, *spatial)
-    g = torch.softmax(a, dim=2)  # (B, N, 2, *spatial)
-    sq = ((1.0 - p) - g[:, :, 0]) ** 2 + (p - g[:, :, 1]) ** 2
-    terms = 0.5 * sq.mean(dim=_spatial_dims(sq))
+    # A 2-channel softmax is a sigmoid of the logit difference: g_j^j = sigmoid(a_j - a_0),
+    # g_j^0 = 1 - g_j^j. Then (1 - p^j) - g_j^0 = g_j^j - p^j, so both squares of the term are
+    # equal and term_j = mean_v (p^j - g_j^j)^2: the same value with a fraction of the work
+    # (this runs on (B, N, X, Y, Z) every step, beside a network that is the only other cost).
+    d = a[:, :, 1] - a[:, :, 0]  # (B, N, *spatial)
+    diff = p - torch.sigmoid(d)
+    terms = (diff * diff).mean(dim=_spatial_dims(diff))
     with torch.no_grad():
         classes = torch.arange(1, c, device=logits.device).reshape(1, c - 1, *([1] * (logits.ndim - 2)))
         msh = x.argmax(dim=1).unsqueeze(1) == classes
-        ath = a.argmax(dim=2) == 1
+        ath = d > 0  # argmax over (background, j) picks j only when strictly larger
         dims = _spatial_dims(msh)
         inter = (msh & ath).sum(dims).to(torch.float32)
-        union = (msh | ath).sum(dims).to(torch.float32)
+        union = msh.sum(dims).to(torch.float32) + ath.sum(dims).to(torch.float32) - inter
         iou = torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
     return terms, iou
 
@@ -538,9 +542,10 @@ def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tenso
 def consistency_keep_mask(iou: Tensor, participating: Tensor, threshold: str | float = "median") -> Tensor:
     """TCT's consistency filter (Sec. 3.4): keep ``term_j`` iff ``IoU_j >= theta``; ``(B, N)`` bool.
 
-    ``theta``: ``"median"`` (paper's choice) or ``"mean"`` of the participating IoUs of each
-    sample; ``"batch-mean"``: mean over all participating (sample, class) pairs of the batch;
-    a float: fixed. The median is the usual one (mean of the two middle values for an even
+    ``theta``: ``"median"`` (paper's choice, "Task Median") or ``"mean"`` ("Task Mean") of the
+    participating IoUs of each sample, over its ATHs; ``"batch-mean"``: per ATH, the mean of its
+    participating IoUs over the samples of the batch (App. E.1: "the mean IoU of the batch for
+    each ATH", the mode the paper finds sensitive to the batch size); a float: fixed. The median is the usual one (mean of the two middle values for an even
     count, ``torch.nanquantile(0.5)``). Non-participating classes are never kept and do not
     enter ``theta``; a sample with none keeps nothing.
 
@@ -560,7 +565,7 @@ def consistency_keep_mask(iou: Tensor, participating: Tensor, threshold: str | f
         elif threshold == "mean":
             theta = torch.nanmean(masked, dim=1, keepdim=True)
         else:
-            theta = torch.nanmean(masked).reshape(1, 1)
+            theta = torch.nanmean(masked, dim=0, keepdim=True)
     else:
         theta = torch.full((1, 1), float(threshold), device=iou.device)
     # NaN theta (nothing participates) compares False: nothing kept

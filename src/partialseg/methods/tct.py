@@ -1,0 +1,232 @@
+"""TCT: task consistency training (Zhu et al.; design: methods.md "TCT", paper Sec. 3, Eq. 1-7).
+
+The network is the ordinary N+1-channel softmax segmenter (the main segmentation head, MSH).
+Training adds, beside it and never saved with it:
+
+- the auxiliary task heads (ATHs): one conv ``net.make_head(2 * N)`` on the same features as
+  the MSH, read as N two-channel heads ``(B, N, 2, X, Y, Z)`` (index ``j - 1`` is ATH ``j``:
+  background, class j). One conv with 2N outputs computes exactly what N separate 2-channel
+  convs would, in one kernel call;
+- the learnable log-variances ``s = log sigma^2`` of the uncertainty weighting (zeros).
+
+Loss, per step (backbone once: ``f = net.features(x)``)::
+
+    L_main = marginal Dice of the MSH over {0} ∪ Phi                       (Eq. 1-2)
+    L_aux  = sum_{j in Phi} Dice loss of ATH j against (1 - [y=j], [y=j])   (Eq. 3-4)
+    L_con  = sum_j 1[IoU_j >= theta] mean_v 1/2 [(1 - p^j - g_j^0)^2 + (p^j - g_j^j)^2]  (Eq. 5-6)
+    L      = L_main e^{-s1} + L_aux e^{-s2} + (s1 + s2) / 2 + w(t) L_con  (Eq. 7, UAUWL)
+
+with ``w(t) = lam * exp(-5 (1 - t/T)^2)`` for ``t < T = rampup_fraction * steps``, then ``lam``.
+The ablations of the paper (Table 5, Table 7, Table 9) are options; see :class:`TCTOptions`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from partialseg.errors import PartialsegError
+from partialseg.methods.base import Batch, Method, StepContext, register
+from partialseg.training import losses as L
+
+WEIGHTINGS = ("uauwl", "uwl", "none")
+
+
+@dataclass
+class TCTOptions:
+    """TCT's options; defaults are the paper's full method (Table 5, last row).
+
+    Attributes:
+        lam: lambda, the final weight of ``L_con`` (``w(t)`` ramps up to it). The paper does not
+            print it; 1.0 is the consistency weight of the dual-task-consistency code (Luo et al.
+            2021, the paper's [26]) whose sigmoid ramp-up TCT uses. ``L_con`` is a per-voxel mean
+            squared error summed over classes, so it is small beside the Dice terms.
+        rampup_fraction: T as a fraction of the training steps (0.4); 0 = no ramp-up.
+        threshold: the IoU threshold theta of the consistency filter: ``"median"`` of the IoUs
+            over the ATHs of each sample (the paper's "Task Median", default), ``"mean"`` ("Task
+            Mean"), ``"batch-mean"`` (see :func:`partialseg.training.losses.consistency_keep_mask`)
+            or a fixed number in [0, 1] such as 0.5.
+        consistency_classes: which classes j take part in ``L_con``: ``"all"`` (j in Omega, as
+            Eq. 6 prints) or ``"unlabelled"`` (j in Phi^c only).
+        stop_grad_aux: detach the ATH side of ``L_con`` (only the MSH is pulled to the ATHs).
+        weighting: ``"uauwl"`` (Eq. 7: one log-variance for L_main, one shared by all ATHs),
+            ``"uwl"`` (Table 9's UWL: one for L_main and one per ATH, N + 1 in all) or ``"none"``
+            (``L_main + L_aux + w L_con``, Table 5 rows without UAUWL).
+        filtering: the IoU consistency filter (False keeps every consistency term: Table 5's
+            "TCT" without "Consistency Filtering", Table 7's "w/o CF").
+        consistency: the consistency term at all (False: ``L_main + L_aux`` only, which isolates
+            the effect of the ATHs' shared supervision from that of the consistency).
+    """
+
+    lam: float = 1.0
+    rampup_fraction: float = 0.4
+    threshold: str | float = "median"
+    consistency_classes: str = "all"
+    stop_grad_aux: bool = False
+    weighting: str = "uauwl"
+    filtering: bool = True
+    consistency: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: Any, expected: str) -> PartialsegError:
+            return PartialsegError(f"method 'tct': option {name}={value!r} is invalid; expected {expected}")
+
+        for name in ("lam", "rampup_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise bad(name, v, "a finite number")
+            setattr(self, name, float(v))
+        if self.lam < 0:
+            raise bad("lam", self.lam, "a number >= 0")
+        if not 0.0 <= self.rampup_fraction <= 1.0:
+            raise bad("rampup_fraction", self.rampup_fraction, "a fraction of training in [0, 1]")
+        th = self.threshold
+        if isinstance(th, str) and th not in L.THRESHOLD_MODES:
+            try:
+                th = float(th)
+            except ValueError:
+                raise bad("threshold", th, f"one of {list(L.THRESHOLD_MODES)} or a number in [0, 1]") from None
+        if not isinstance(th, str):
+            if isinstance(th, bool) or not isinstance(th, int | float) or not 0.0 <= th <= 1.0:
+                raise bad("threshold", th, f"one of {list(L.THRESHOLD_MODES)} or a number in [0, 1]")
+            th = float(th)
+        self.threshold = th
+        if self.consistency_classes not in L.CONSISTENCY_CLASSES:
+            raise bad("consistency_classes", self.consistency_classes, f"one of {list(L.CONSISTENCY_CLASSES)}")
+        if self.weighting not in WEIGHTINGS:
+            raise bad("weighting", self.weighting, f"one of {list(WEIGHTINGS)}")
+        for name in ("stop_grad_aux", "filtering", "consistency"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, getattr(self, name), "true or false")
+
+
+class TCTExtras(nn.Module):
+    """Training-only modules of TCT: the ATHs as one conv with 2N outputs, and the log-variances.
+
+    ``log_vars``: ``(2,)`` = (s_main, s_aux) for UAUWL, ``(N + 1,)`` = (s_main, s_aux_1..N) for
+    UWL, None for ``weighting="none"``.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int, weighting: str) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.aux_head = net.make_head(2 * num_classes)
+        n_vars = {"uauwl": 2, "uwl": num_classes + 1, "none": 0}[weighting]
+        # no parameter at all without weighting: an unused (even empty) one would trip DDP
+        self.log_vars = nn.Parameter(torch.zeros(n_vars)) if n_vars else None
+
+    def aux_logits(self, f: Tensor) -> Tensor:
+        """ATH logits ``(B, N, 2, *spatial)`` from the features ``(B, F, *spatial)``."""
+        out = self.aux_head(f)
+        return out.reshape(out.shape[0], self.num_classes, 2, *out.shape[2:])
+
+
+def _same_conv(a: nn.Module, b: nn.Module) -> bool:
+    """Two Conv3d that can run as one (same input, kernel, stride, padding, ...)."""
+    return (
+        type(a) is nn.Conv3d
+        and type(b) is nn.Conv3d
+        and a.in_channels == b.in_channels
+        and a.kernel_size == b.kernel_size
+        and a.stride == b.stride
+        and a.padding == b.padding
+        and a.dilation == b.dilation
+        and a.groups == b.groups == 1
+        and a.padding_mode == b.padding_mode == "zeros"
+        and (a.bias is None) == (b.bias is None)
+    )
+
+
+@register
+class TCT(Method):
+    name = "tct"
+    options_cls = TCTOptions
+
+    def build_extras(self, net: nn.Module) -> nn.Module:
+        return TCTExtras(net, self.label_space.num_classes, self.options.weighting)
+
+    # -- heads -------------------------------------------------------------------------------
+    def heads(self, net: nn.Module, extras: TCTExtras, f: Tensor) -> tuple[Tensor, Tensor]:
+        """MSH logits ``(B, N+1, *spatial)`` and ATH logits ``(B, N, 2, *spatial)`` from the features.
+
+        When the MSH and the ATH conv have the same geometry (the usual case: ``make_head``
+        copies the main head's) both run as ONE convolution over the concatenated weights: the
+        features are read once and their gradient is one kernel call. The parameters stay
+        separate (the concatenation is differentiable), so ``net`` is exactly the baseline.
+        """
+        head, aux = net.head, extras.aux_head
+        if _same_conv(head, aux):
+            weight = torch.cat([head.weight, aux.weight], dim=0)
+            bias = None if head.bias is None else torch.cat([head.bias, aux.bias], dim=0)
+            out = F.conv3d(f, weight, bias, head.stride, head.padding, head.dilation)
+            logits, aux_flat = out.split([head.out_channels, aux.out_channels], dim=1)
+            n = extras.num_classes
+            return logits, aux_flat.reshape(aux_flat.shape[0], n, 2, *aux_flat.shape[2:])
+        return net.head(f), extras.aux_logits(f)
+
+    # -- loss --------------------------------------------------------------------------------
+    def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        assert isinstance(extras, TCTExtras), "TCT needs its extras (build_extras)"
+        o = self.options
+        f = net.features(batch.image)
+        logits, aux = self.heads(net, extras, f)
+        target, annotated = batch.target, batch.annotated
+        n = extras.num_classes
+
+        l_main = L.marginal_dice_loss(logits, target, annotated)
+        # Classes with supervision in this batch. An uncertainty term whose loss has no supervision
+        # in the batch is left out (0 * s keeps s in the graph for DDP): its 1/2 s alone would
+        # only drive s down, and so blow its weight up, between the batches that annotate it.
+        # torch.where, not an if: no host-device synchronisation.
+        supervised = annotated[:, 1:].any(dim=0)  # (N,)
+        logs: dict[str, Tensor] = {}
+        s = extras.log_vars
+        if o.weighting == "uwl":
+            # one loss per ATH; their sum is aux_dice_loss over all ATHs
+            per_ath = torch.stack([
+                L.aux_dice_loss(aux[:, j : j + 1], (target == j + 1).long(), annotated[:, [0, j + 1]]) for j in range(n)
+            ])
+            l_aux = per_ath.sum()
+            s_aux = s[1:]
+            aux_terms = torch.where(supervised, per_ath * torch.exp(-s_aux) + 0.5 * s_aux, 0.0 * s_aux)
+            total = L.uncertainty_weighted([l_main], s[:1]) + aux_terms.sum()
+            logs["s_main"] = s[0]
+            logs["s_aux_mean"], logs["s_aux_min"], logs["s_aux_max"] = s_aux.mean(), s_aux.min(), s_aux.max()
+        else:
+            l_aux = L.aux_dice_loss(aux, target, annotated)
+            if o.weighting == "uauwl":
+                total = torch.where(
+                    supervised.any(),
+                    L.uncertainty_weighted([l_main, l_aux], s),
+                    L.uncertainty_weighted([l_main], s[:1]) + 0.0 * s[1],
+                )
+                logs["s_main"], logs["s_aux"] = s[0], s[1]
+            else:
+                total = l_main + l_aux
+        logs["l_main"], logs["l_aux"] = l_main, l_aux
+
+        if o.consistency:
+            w = L.rampup_weight(ctx.step, ctx.total_steps, o.lam, o.rampup_fraction)
+            aux_c = aux.detach() if o.stop_grad_aux else aux
+            terms, iou = L.consistency_terms(logits, aux_c)
+            if o.consistency_classes == "all":
+                participating = torch.ones_like(terms, dtype=torch.bool)
+            else:
+                participating = ~annotated[:, 1:].to(terms.device)
+            keep = L.consistency_keep_mask(iou, participating, o.threshold) if o.filtering else participating
+            # Eq. 6: kept terms summed over j, per sample, then the batch mean
+            l_con = torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=1).mean()
+            total = total + w * l_con
+            logs["l_con"] = l_con
+            logs["w"] = torch.tensor(w)
+            logs["con_kept"] = keep.sum() / participating.sum().clamp_min(1)
+            logs["iou_mean"] = torch.where(participating, iou, torch.zeros_like(iou)).sum() / participating.sum().clamp_min(1)
+        logs = {"loss": total, **logs}
+        # one device-to-host transfer for all the logged numbers
+        values = torch.stack([v.detach().float().reshape(()).to(total.device) for v in logs.values()]).tolist()
+        return total, dict(zip(logs, values, strict=True))
