@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", nargs="*", help="registered methods to time (default: all)")
     ap.add_argument("--naive", action="store_true", help="also time TCT with N separate ATH convs")
     ap.add_argument("--no-2conv", action="store_true", help="skip the unfused-TCT variant")
+    ap.add_argument("--quiet", action="store_true", help="no per-round progress on stderr")
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if rnd >= args.warmup:
                 r.times.append(t)
+        if not args.quiet:
+            print(f"round {rnd + 1}/{total}: " + ", ".join(f"{r.name} {1e3 * r.times[-1]:.0f}" for r in runners if r.times and rnd >= args.warmup),
+                  file=sys.stderr, flush=True)
     runners = [r for r in runners if r.name not in failed]
 
     def med(r: Runner) -> float:

@@ -270,6 +270,35 @@ def pseudolabel(
     typer.echo(f"wrote pseudo-labelled dataset to {path}")
 
 
+@app.command("segment-box")
+def segment_box(
+    image: Annotated[Path, typer.Argument(help="CT image (.nii.gz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output mask (.nii.gz), written in the image's geometry.")],
+    box: Annotated[Optional[list[str]], typer.Option(help="2D box on the image array, e.g. 'z=40,x=10:51,y=20:61' (one axis a slice index, two half-open ranges); repeatable (the paper uses an axial and a sagittal box).")] = None,
+    backend: Annotated[str, typer.Option(help="Generalist: 'random_walker' (weight-free, CPU) or 'nninteractive'.")] = "random_walker",
+    model_folder: Annotated[Optional[Path], typer.Option(help="nnInteractive model folder (weights are not bundled).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="nnInteractive device: 'auto', 'cpu', 'cuda'.")] = None,
+    from_mask: Annotated[Optional[Path], typer.Option(help="Instead of --box: derive the two box prompts from this label map...")] = None,
+    label: Annotated[Optional[int], typer.Option(help="...for this label value.")] = None,
+    padding: Annotated[int, typer.Option(help="Box padding in voxels when prompts come from --from-mask.")] = 5,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Segment one object from box prompts with the IPnP generalist."""
+    from partialseg.generalist import segment_box_file
+
+    options = {}
+    if model_folder is not None:
+        options["model_folder"] = model_folder
+    if device is not None:
+        options["device"] = device
+    try:
+        res = segment_box_file(image, box or None, out, backend=backend, prompt_mask=from_mask, label=label,
+                               padding=padding, overwrite=overwrite, **options)
+    except (PartialsegError, OSError, ValueError) as e:
+        _fail(e)
+    typer.echo(f"wrote {res.path} ({res.voxels} voxels, {res.seconds:.1f} s)")
+
+
 def main() -> None:
     try:
         app()

@@ -102,11 +102,40 @@ def test_extras_are_one_conv_with_2n_outputs_and_the_log_variances(weighting, n_
     batch = make_batch()
     logits, aux = outputs(model, batch)
     assert logits.shape == (2, N + 1, 32, 32, 16) and aux.shape == (2, N, 2, 32, 32, 16)
-    # the fused MSH + ATH convolution computes the same outputs
+    # the fused MSH + ATH-difference convolution: same MSH logits, same ATH probabilities and argmax
     f = model.net.features(batch.image)
     fused_logits, fused_aux = model.method.heads(model.net, ex, f)
     torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fused_aux, aux, atol=1e-5, rtol=1e-5)
+    assert fused_aux.shape == aux.shape
+    torch.testing.assert_close(fused_aux.softmax(2), aux.softmax(2), atol=1e-5, rtol=1e-5)
+    assert torch.equal(fused_aux.argmax(2), aux.argmax(2))
+
+
+class PlainTCT(TCT):
+    """TCT through the plain modules: ``net.head(f)`` and the reshaped ``make_head(2N)`` output."""
+
+    def heads(self, net, extras, f):
+        return net.head(f), extras.aux_logits(f)
+
+
+@pytest.mark.parametrize("options", [{}, {"weighting": "uwl", "filtering": False}])
+def test_fused_heads_give_the_plain_heads_loss_and_gradients(options):
+    batch = make_batch()
+    fused = make_model(options)
+    plain = TrainingModel(fused.net, PlainTCT(SPACE, options))
+    plain.extras = fused.extras  # the very same parameters
+    grads = []
+    for model in (fused, plain):
+        model.zero_grad()
+        loss, logs = model(batch, StepContext(7, 10))
+        loss.backward()
+        grads.append((loss.item(), logs, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (l1, logs1, g1), (l2, logs2, g2) = grads
+    assert l1 == pytest.approx(l2, abs=1e-5)
+    assert logs1["con_kept"] == logs2["con_kept"]
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 # ---- loss ------------------------------------------------------------------------------------

@@ -154,20 +154,33 @@ class TCT(Method):
     def heads(self, net: nn.Module, extras: TCTExtras, f: Tensor) -> tuple[Tensor, Tensor]:
         """MSH logits ``(B, N+1, *spatial)`` and ATH logits ``(B, N, 2, *spatial)`` from the features.
 
-        When the MSH and the ATH conv have the same geometry (the usual case: ``make_head``
-        copies the main head's) both run as ONE convolution over the concatenated weights: the
-        features are read once and their gradient is one kernel call. The parameters stay
-        separate (the concatenation is differentiable), so ``net`` is exactly the baseline.
+        Exactly what ``net.head(f)`` and ``extras.aux_logits(f)`` give, up to a per-voxel shift
+        of each ATH's two logits, computed in one convolution of N+1+N outputs instead of two
+        of N+1 and 2N:
+
+        - everything TCT does with an ATH (its 2-channel softmax in ``L_aux`` and ``L_con``, its
+          argmax in the IoU) depends only on the difference ``a_j^j - a_j^0`` of its two logits,
+          and a difference of two conv outputs is the conv with the difference of the weights.
+          So the conv runs with the N difference filters and the ATH logits are returned as
+          ``(0, a_j^j - a_j^0)``: the same probabilities, argmax and losses, and (chain rule
+          through the weight difference) the same gradients for both of the 2N filters;
+        - the MSH and the ATH filters run as ONE convolution over the concatenated weights, so
+          the features are read once and their gradient is one kernel call.
+
+        The parameters stay where they are (the concatenation is differentiable): ``net`` is
+        exactly the baseline network and ``extras.aux_head`` the one ``make_head(2 * N)`` conv.
+        Heads of a different shape (a network whose head is not a plain Conv3d) fall back to
+        the two plain calls.
         """
         head, aux = net.head, extras.aux_head
-        if _same_conv(head, aux):
-            weight = torch.cat([head.weight, aux.weight], dim=0)
-            bias = None if head.bias is None else torch.cat([head.bias, aux.bias], dim=0)
-            out = F.conv3d(f, weight, bias, head.stride, head.padding, head.dilation)
-            logits, aux_flat = out.split([head.out_channels, aux.out_channels], dim=1)
-            n = extras.num_classes
-            return logits, aux_flat.reshape(aux_flat.shape[0], n, 2, *aux_flat.shape[2:])
-        return net.head(f), extras.aux_logits(f)
+        if not _same_conv(head, aux):
+            return net.head(f), extras.aux_logits(f)
+        n = extras.num_classes
+        weight = torch.cat([head.weight, aux.weight[1::2] - aux.weight[0::2]], dim=0)
+        bias = None if head.bias is None else torch.cat([head.bias, aux.bias[1::2] - aux.bias[0::2]], dim=0)
+        out = F.conv3d(f, weight, bias, head.stride, head.padding, head.dilation)
+        logits, diff = out.split([head.out_channels, n], dim=1)
+        return logits, torch.stack([torch.zeros_like(diff), diff], dim=2)
 
     # -- loss --------------------------------------------------------------------------------
     def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:

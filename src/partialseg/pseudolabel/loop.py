@@ -150,7 +150,10 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     prepared_dir = Path(json.loads((r0 / "split.json").read_text())["prepared"])
     prepared = PreparedDataset.load(prepared_dir)
     space = prepared.label_space
-    generalist = build_generalist(opts.generalist, **opts.generalist_options)
+    gopts = dict(opts.generalist_options)
+    if opts.generalist == "random_walker":
+        gopts.setdefault("box_padding", opts.padding)  # it locates the organ inside the padded box
+    generalist = build_generalist(opts.generalist, **gopts)
     all_ids = [c.case_id for c in prepared.cases]
     quality_rows: list[dict[str, Any]] = []
     previous: dict[str, dict[int, tuple[np.ndarray, float]]] = {cid: {} for cid in all_ids}
