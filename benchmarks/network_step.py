@@ -66,6 +66,9 @@ def train_variants() -> list[Variant]:
         Variant("bf16_tct_aux_heads30", bf16=True, aux_channels=30),
         Variant("base8_batch", options={"base_channels": 8, "norm": "batch"}),
         Variant("base8_bf16", options={"base_channels": 8}, bf16=True),
+        # One thread loses ~1.8x on an idle box but wins ~2x when other jobs hold the cores.
+        Variant("bf16_threads1", bf16=True, threads=1),
+        Variant("base8_bf16_threads1", options={"base_channels": 8}, bf16=True, threads=1),
         Variant("base8_compile", options={"base_channels": 8}, compile=True),
         Variant("base8_b1", options={"base_channels": 8}, batch=1),
         Variant("base8_b1_64x64x48", options={"base_channels": 8}, batch=1, patch=(64, 64, 48)),

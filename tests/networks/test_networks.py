@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -26,8 +28,14 @@ def table6_count(base: int, in_ch: int = 1, out_ch: int = 6) -> int:
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_one_thread() -> Iterator[None]:
+    # Tiny tensors: with 2 OpenMP threads on a loaded 2-core box a step took ~8 s instead
+    # of 0.2 s (threads spin at barriers while other jobs hold the cores).
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_tct_unet_has_the_papers_4_12_m_parameters() -> None:

@@ -338,7 +338,6 @@ def write_benchmark_tables(result: BenchmarkResult) -> None:
 
 def plot_dsc_bars(result: BenchmarkResult, path: Path) -> None:
     """Per-organ DSC bars, one group per organ, one bar per (setting, method)."""
-    import os
 
     import matplotlib
 
@@ -362,7 +361,6 @@ def plot_dsc_bars(result: BenchmarkResult, path: Path) -> None:
     ax.legend(fontsize=8, ncol=2)
     ax.set_title("Per-organ DSC on the held-out synthetic test cases")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from partialseg.io import save_figure
+
+    save_figure(fig, path)

@@ -261,7 +261,6 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
 
 
 def _plot_quality(table: list[dict[str, Any]], path: Path) -> None:
-    import os
 
     import matplotlib
 
@@ -286,7 +285,6 @@ def _plot_quality(table: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from partialseg.io import save_figure
+
+    save_figure(fig, path)

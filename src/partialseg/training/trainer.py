@@ -202,10 +202,9 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     b.set_ylim(0, 1)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from partialseg.io import save_figure
+
+    save_figure(fig, path)
 
 
 def _dist_info() -> tuple[int, int, int]:
