@@ -69,7 +69,8 @@ class TrainConfig:
     val_every: int = 100  # steps between validations (0 = only at the end)
     checkpoint_every: int = 50  # steps between checkpoints
     seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # bf16 autocast on CUDA
+    amp_cpu: bool = False  # also on CPUs with native bf16: ~1.7x faster, but not bit-reproducible run to run
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     num_threads: int = 0  # CPU threads for torch; 0 = torch's default
     sw_overlap: float = 0.25  # sliding-window overlap for validation and prediction

@@ -30,6 +30,7 @@ class Predictor:
     overlap: float
     device: torch.device
     amp: bool = True
+    amp_cpu: bool = False
 
     @classmethod
     def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None) -> Predictor:
@@ -56,6 +57,7 @@ class Predictor:
             None if m.get("stats") is None else NormalizationStats.from_dict(m["stats"]),
             tuple(m["patch_size"]), float(m["sw_overlap"] if overlap is None else overlap), dev,
             bool(m.get("config", {}).get("train", {}).get("amp", True)),
+            bool(m.get("config", {}).get("train", {}).get("amp_cpu", False)),
         )
 
     def predict_volume(self, image: Volume, *, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -65,7 +67,8 @@ class Predictor:
 
         arr, meta = preprocess_image(image, self.preprocess, self.stats, self.preprocess.spacing)
         probs = sliding_window_probabilities(
-            self.net, self.method.probabilities, arr, self.patch_size, overlap=self.overlap, device=self.device, amp=self.amp
+            self.net, self.method.probabilities, arr, self.patch_size, overlap=self.overlap, device=self.device, amp=self.amp,
+            amp_cpu=self.amp_cpu,
         ).numpy()
         if probabilities:
             p = restore_to_original(probs, meta, is_label=False)

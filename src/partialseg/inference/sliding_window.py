@@ -10,10 +10,20 @@ import torch
 from torch import Tensor, nn
 
 
-def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled; a no-op on CPU (bf16 convs are slow there)."""
-    if enabled and device.type == "cuda":
+def autocast_context(device: torch.device, enabled: bool, cpu: bool = False):
+    """bf16 autocast when ``enabled``: on CUDA; on the CPU only with ``cpu=True`` and native bf16
+    instructions (AVX512-BF16/AMX), where a training step takes ~0.6× the float32 time
+    (benchmarks/network_step.py) but oneDNN's bf16 kernels are not bit-reproducible run to run, so
+    seeded CPU determinism needs float32. Losses cast to float32 themselves."""
+    if not enabled:
+        return nullcontext()
+    if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and cpu:
+        from partialseg.networks.precision import cpu_bf16_autocast_is_fast
+
+        if cpu_bf16_autocast_is_fast():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -27,6 +37,7 @@ def sliding_window_probabilities(
     overlap: float = 0.25,
     device: torch.device | str = "cpu",
     amp: bool = True,
+    amp_cpu: bool = False,
     sw_batch_size: int = 2,
 ) -> Tensor:
     """``image`` (1, X, Y, Z) → class probabilities (C, X, Y, Z) float32 on the CPU.
@@ -43,7 +54,7 @@ def sliding_window_probabilities(
     was_training = net.training
     net.eval()
     try:
-        with autocast_context(device, amp):
+        with autocast_context(device, amp, amp_cpu):
             logits = sliding_window_inference(
                 x, roi_size=tuple(int(p) for p in patch_size), sw_batch_size=sw_batch_size, predictor=net,
                 overlap=overlap, mode="gaussian", padding_mode="replicate",

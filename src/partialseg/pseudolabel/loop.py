@@ -178,7 +178,7 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
                     predictor = Predictor.load(prev_model)
                 probs = sliding_window_probabilities(
                     predictor.net, predictor.method.probabilities, base.image, predictor.patch_size,
-                    overlap=predictor.overlap, device=predictor.device, amp=predictor.amp,
+                    overlap=predictor.overlap, device=predictor.device, amp=predictor.amp, amp_cpu=predictor.amp_cpu,
                 ).numpy()
                 hu = hounsfield(base.image, prepared.config, prepared.stats)
                 spacing = prepared.case(base.case_id).meta.spacing

@@ -147,7 +147,7 @@ def validate(
     for case in cases:
         probs = sliding_window_probabilities(
             net, method.probabilities, case.image, cfg.train.patch_size,
-            overlap=cfg.train.sw_overlap, device=device, amp=cfg.train.amp,
+            overlap=cfg.train.sw_overlap, device=device, amp=cfg.train.amp, amp_cpu=cfg.train.amp_cpu,
         )
         pred = probs.argmax(0).numpy()
         if case.reference is not None:
@@ -380,7 +380,7 @@ def train(
                 g["lr"] = lr
             from partialseg.inference.sliding_window import autocast_context
 
-            with autocast_context(device, cfg.train.amp):
+            with autocast_context(device, cfg.train.amp, cfg.train.amp_cpu):
                 loss, parts = ddp_model(batch, StepContext(step, total))
             if not torch.isfinite(loss.detach()):
                 raise PartialsegError(f"loss became {float(loss.detach())} at step {step}; lower optim.lr or check the data")
