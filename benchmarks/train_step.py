@@ -12,13 +12,17 @@ where these agree).
 
 Extra variants, for comparison only (never registered as methods):
 
-- ``tct-2conv``: TCT with its MSH and its one 2N-output ATH conv run as two convolutions
-  (``tct`` runs them as one convolution over the concatenated weights);
+- ``tct-2conv``: TCT with its MSH and its one 2N-output ATH conv run as two convolutions and
+  the ATH logits as ``(B, N, 2, ...)`` (``tct`` runs the MSH and the N ATH logit-difference
+  filters as one convolution: see ``TCT.heads``);
 - ``tct-naive`` (``--naive``): TCT with N separate 2-channel ATH convs, the literal reading
   of "one head per class".
 
-    python benchmarks/train_step.py                                   # CPU, small config
-    python benchmarks/train_step.py --naive --steps 15
+On a shared CPU, ``--threads 1 --clock cpu`` (this process's CPU time, one thread) measures
+the work itself: with two threads, waiting for a descheduled thread dominates wall time.
+
+    python benchmarks/train_step.py                                   # CPU, small config, wall clock
+    python benchmarks/train_step.py --threads 1 --clock cpu --naive   # stable on a busy machine
     python benchmarks/train_step.py --device cuda --amp --patch 192 192 64 --batch 4 --base-channels 16
 """
 
@@ -110,18 +114,20 @@ def build_runner(name: str, method: Method, args: argparse.Namespace, device: to
     return Runner(name, model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
 
 
-def one_step(r: Runner, batch: Batch, step: int, total: int, device: torch.device, amp: bool) -> float:
+def one_step(
+    r: Runner, batch: Batch, step: int, total: int, device: torch.device, amp: bool, clock: Callable[[], float]
+) -> float:
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else contextlib.nullcontext()
     sync()
-    t0 = time.perf_counter()
+    t0 = clock()
     with ctx:
         loss, _ = r.model(batch, StepContext(step, total))
     r.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     r.optimizer.step()
     sync()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=12, help="timed steps per method (median over them)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: default)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="wall: elapsed time; cpu: this process's CPU time (CPU device only). On a shared machine "
+                         "'--threads 1 --clock cpu' measures the work itself, unaffected by waiting for a core")
     ap.add_argument("--methods", nargs="*", help="registered methods to time (default: all)")
     ap.add_argument("--naive", action="store_true", help="also time TCT with N separate ATH convs")
     ap.add_argument("--no-2conv", action="store_true", help="skip the unfused-TCT variant")
@@ -146,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("CUDA is not available")
+    if args.clock == "cpu" and device.type != "cpu":
+        ap.error("--clock cpu measures CPU work; use it with --device cpu")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     space = LabelSpace(AMOS15[: args.organs])
@@ -165,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
 
     total = args.warmup + args.steps
     print(f"device {device}{' bf16' if args.amp and device.type == 'cuda' else ''}, threads {torch.get_num_threads()}, "
+          f"{args.clock} clock, "
           f"network {args.network} base {args.base_channels}, batch {args.batch} x {patch}, N = {space.num_classes}, "
           f"{args.warmup} warm-up + {args.steps} timed steps per method, round-robin")
     failed: set[str] = set()
@@ -174,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             if r.name in failed:
                 continue
             try:
-                t = one_step(r, batch, rnd, total, device, args.amp)
+                t = one_step(r, batch, rnd, total, device, args.amp, clock)
             except Exception as e:
                 print(f"{r.name} failed: {type(e).__name__}: {e}")
                 failed.add(r.name)

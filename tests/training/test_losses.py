@@ -249,6 +249,30 @@ def test_consistency_terms_hand_value_and_iou():
     assert consistency_terms(empty_msh, empty_ath)[1].tolist() == [[1.0, 1.0]]
 
 
+def test_ath_logits_as_their_difference_give_the_same_losses_and_gradients():
+    # (B, N, 1, ...) = a^j - a^0 is the 2-channel softmax head's only degree of freedom
+    torch.manual_seed(3)
+    logits = torch.randn(2, 4, 5, 3, 2)
+    aux = torch.randn(2, 3, 2, 5, 3, 2, requires_grad=True)
+    diff = (aux[:, :, 1:] - aux[:, :, :1]).detach().requires_grad_(True)
+    target = torch.randint(0, 4, (2, 5, 3, 2))
+    ann = annotated_channel_mask([frozenset({1, 3}), frozenset({2})], 4)
+    vm = (torch.rand(2, 5, 3, 2) > 0.3).float()
+    for fn in (
+        lambda a: aux_dice_loss(a, target, ann),
+        lambda a: aux_dice_loss(a, target, ann, voxel_mask=vm),
+        lambda a: consistency_terms(logits, a)[0].sum(),
+        lambda a: consistency_loss(logits, a, ann, threshold="mean"),
+    ):
+        full, short = fn(aux), fn(diff)
+        assert short.item() == pytest.approx(full.item(), abs=1e-6)
+        (g_full,) = torch.autograd.grad(full, aux)
+        (g_short,) = torch.autograd.grad(short, diff)
+        torch.testing.assert_close(g_short[:, :, 0], g_full[:, :, 1], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g_full[:, :, 0], -g_full[:, :, 1], atol=1e-6, rtol=1e-5)
+    assert torch.equal(consistency_terms(logits, aux)[1], consistency_terms(logits, diff)[1])
+
+
 def test_consistency_zero_when_heads_agree():
     torch.manual_seed(1)
     logits = torch.randn(2, 4, 3, 3, 2)

@@ -6,7 +6,8 @@ Training adds, beside it and never saved with it:
 - the auxiliary task heads (ATHs): one conv ``net.make_head(2 * N)`` on the same features as
   the MSH, read as N two-channel heads ``(B, N, 2, X, Y, Z)`` (index ``j - 1`` is ATH ``j``:
   background, class j). One conv with 2N outputs computes exactly what N separate 2-channel
-  convs would, in one kernel call;
+  convs would, in one kernel call (and :meth:`TCT.heads` runs it, fused with the MSH, as N
+  difference filters: see there);
 - the learnable log-variances ``s = log sigma^2`` of the uncertainty weighting (zeros).
 
 Loss, per step (backbone once: ``f = net.features(x)``)::
@@ -43,9 +44,10 @@ class TCTOptions:
 
     Attributes:
         lam: lambda, the final weight of ``L_con`` (``w(t)`` ramps up to it). The paper does not
-            print it; 1.0 is the consistency weight of the dual-task-consistency code (Luo et al.
-            2021, the paper's [26]) whose sigmoid ramp-up TCT uses. ``L_con`` is a per-voxel mean
-            squared error summed over classes, so it is small beside the Dice terms.
+            print it (methods.md: 0.1-1); 1.0 is the usual default of the semi-supervised
+            segmentation code whose sigmoid ramp-up TCT uses (e.g. dual-task consistency, the
+            paper's [26]). ``L_con`` is a per-voxel mean squared error summed over classes, so
+            it stays small beside the Dice terms. A choice to revisit on the benchmark.
         rampup_fraction: T as a fraction of the training steps (0.4); 0 = no ramp-up.
         threshold: the IoU threshold theta of the consistency filter: ``"median"`` of the IoUs
             over the ATHs of each sample (the paper's "Task Median", default), ``"mean"`` ("Task
@@ -152,25 +154,24 @@ class TCT(Method):
 
     # -- heads -------------------------------------------------------------------------------
     def heads(self, net: nn.Module, extras: TCTExtras, f: Tensor) -> tuple[Tensor, Tensor]:
-        """MSH logits ``(B, N+1, *spatial)`` and ATH logits ``(B, N, 2, *spatial)`` from the features.
+        """MSH logits ``(B, N+1, *spatial)`` and ATH logits from the features.
 
-        Exactly what ``net.head(f)`` and ``extras.aux_logits(f)`` give, up to a per-voxel shift
-        of each ATH's two logits, computed in one convolution of N+1+N outputs instead of two
-        of N+1 and 2N:
+        The ATH logits are ``(B, N, 1, *spatial)``: each ATH's logit difference ``a_j^j - a_j^0``,
+        the form the TCT losses take besides ``(B, N, 2, *spatial)``. Everything TCT does with an
+        ATH (its 2-channel softmax in ``L_aux`` and ``L_con``, its argmax in the IoU) depends on
+        that difference alone, and the difference of two conv outputs is the conv with the
+        difference of the two filters. So:
 
-        - everything TCT does with an ATH (its 2-channel softmax in ``L_aux`` and ``L_con``, its
-          argmax in the IoU) depends only on the difference ``a_j^j - a_j^0`` of its two logits,
-          and a difference of two conv outputs is the conv with the difference of the weights.
-          So the conv runs with the N difference filters and the ATH logits are returned as
-          ``(0, a_j^j - a_j^0)``: the same probabilities, argmax and losses, and (chain rule
-          through the weight difference) the same gradients for both of the 2N filters;
-        - the MSH and the ATH filters run as ONE convolution over the concatenated weights, so
-          the features are read once and their gradient is one kernel call.
+        - the conv runs with N difference filters instead of 2N, and the MSH and ATH filters run
+          as ONE convolution over the concatenated weights (features read once, their gradient
+          one kernel call): N+1+N outputs instead of N+1 and 2N;
+        - the parameters stay where they are (the differences and the concatenation are
+          differentiable): ``net`` is exactly the baseline network, ``extras.aux_head`` the one
+          ``make_head(2 * N)`` conv, and both of each ATH's filters get exactly the gradients
+          that the plain ``(B, N, 2, ...)`` computation gives them (opposite signs).
 
-        The parameters stay where they are (the concatenation is differentiable): ``net`` is
-        exactly the baseline network and ``extras.aux_head`` the one ``make_head(2 * N)`` conv.
-        Heads of a different shape (a network whose head is not a plain Conv3d) fall back to
-        the two plain calls.
+        A network whose head is not a plain Conv3d of the same shape gets the plain calls
+        ``net.head(f)``, ``extras.aux_logits(f)``.
         """
         head, aux = net.head, extras.aux_head
         if not _same_conv(head, aux):
@@ -180,7 +181,9 @@ class TCT(Method):
         bias = None if head.bias is None else torch.cat([head.bias, aux.bias[1::2] - aux.bias[0::2]], dim=0)
         out = F.conv3d(f, weight, bias, head.stride, head.padding, head.dilation)
         logits, diff = out.split([head.out_channels, n], dim=1)
-        return logits, torch.stack([torch.zeros_like(diff), diff], dim=2)
+        # softmax/log-softmax would each copy the strided slice; the difference is only used
+        # elementwise and stays a view
+        return logits.contiguous(), diff.unsqueeze(2)
 
     # -- loss --------------------------------------------------------------------------------
     def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:

@@ -131,6 +131,24 @@ def _dice_per_channel(probs: Tensor, target: Tensor, voxel_mask: Tensor | None, 
     return (2.0 * tp + smooth) / denom.clamp_min(1e-8)
 
 
+def _ath_logit_difference(aux_logits: Tensor) -> Tensor:
+    """``a_j^j - a_j^0`` in float32, ``(B, N, *spatial)``, from ATH logits ``(B, N, 2, *spatial)``
+    or the difference itself given as ``(B, N, 1, *spatial)`` (a view: no copy, and no full-size
+    gradient buffer for the unused channel)."""
+    if aux_logits.shape[2] == 1:
+        return aux_logits.squeeze(2).float()
+    return aux_logits[:, :, 1].float() - aux_logits[:, :, 0].float()
+
+
+def _per_label_sum(values: Tensor, labels: Tensor, num_labels: int) -> Tensor:
+    """Per-sample sums of ``values`` grouped by label: ``(B, V)``, ``(B, V)`` int -> ``(B, num_labels)``.
+
+    Differentiable in ``values``; O(V) where a one-hot product would be O(num_labels V).
+    """
+    out = torch.zeros(values.shape[0], num_labels, dtype=values.dtype, device=values.device)
+    return out.scatter_add(1, labels, values)
+
+
 def _one_hot(target: Tensor, num_channels: int) -> Tensor:
     """(B, *spatial) int → (B, C, *spatial) float32."""
     return F.one_hot(target, num_channels).movedim(-1, 1).to(torch.float32)
@@ -475,26 +493,43 @@ def aux_dice_loss(
     learnt weight absorbs the scale. Dice smoothing as in :func:`soft_dice_loss`.
 
     Args:
-        aux_logits: ``(B, N, 2, *spatial)``; index ``j - 1`` is ATH ``j``.
+        aux_logits: ``(B, N, 2, *spatial)``; index ``j - 1`` is ATH ``j``. Or ``(B, N, 1, *spatial)``:
+            the logit difference ``a_j^j - a_j^0`` alone (the 2-channel softmax depends on nothing
+            else: ``softmax(a_0, a_j) = (1 - sigmoid(a_j - a_0), sigmoid(a_j - a_0))``).
         target: ``(B, *spatial)`` int in ``0..N``.
         annotated: ``(B, N + 1)`` bool.
     """
-    if aux_logits.ndim < 4 or aux_logits.shape[2] != 2:
-        raise ValueError(f"aux_logits must be (B, N, 2, *spatial), got {tuple(aux_logits.shape)}")
+    if aux_logits.ndim < 4 or aux_logits.shape[2] not in (1, 2):
+        raise ValueError(f"aux_logits must be (B, N, 2, *spatial) or (B, N, 1, *spatial), got {tuple(aux_logits.shape)}")
     b, n = aux_logits.shape[:2]
     if target.shape != aux_logits.shape[:1] + aux_logits.shape[3:]:
         raise ValueError(f"target shape {tuple(target.shape)} does not match aux_logits {tuple(aux_logits.shape)}")
     target = target.long()
     annotated = _check_annotated(annotated, b, n + 1).to(aux_logits.device)[:, 1:]
-    g = torch.softmax(aux_logits.float(), dim=2).flatten(0, 1)  # (B*N, 2, *spatial)
-    classes = torch.arange(1, n + 1, device=aux_logits.device).reshape(1, n, *([1] * (target.ndim - 1)))
-    zj = (target.unsqueeze(1) == classes).to(torch.float32)  # (B, N, *spatial)
-    z = torch.stack([1.0 - zj, zj], dim=2).flatten(0, 1)
     vm = _float_mask(voxel_mask, target)
-    if vm is not None:
-        vm = vm.unsqueeze(1).expand(b, n, *vm.shape[1:]).flatten(0, 1)
-    dice = _dice_per_channel(g, z, vm, smooth).reshape(b, n, 2)
-    per_class = 1.0 - 0.5 * dice.sum(dim=2)
+    # Computed without materialising (B, N, 2, *spatial) tensors (N can be 15+ organs at full
+    # resolution): g_j^j = softmax(a)_j = sigmoid(a_j - a_0), g_j^0 = 1 - g_j^j; the sums
+    # sum(m g z) per class come from one gather at the target label, and the background
+    # channel's Dice from the identities sum m g^0 z^0 = M - sum m g - sum m z + sum m g z,
+    # sum m g^0 = M - sum m g, sum m z^0 = M - sum m z (M = sum m, m = voxel weights or 1).
+    g = torch.sigmoid(_ath_logit_difference(aux_logits)).reshape(b, n, -1)  # g_j^j, (B, N, V)
+    t = target.reshape(b, -1)
+    organ = (t > 0).to(torch.float32)
+    w = organ if vm is None else organ * vm.reshape(b, -1)  # weight of each voxel in its class's sums
+    g_at_label = torch.gather(g, 1, (t - 1).clamp_min(0).unsqueeze(1)).squeeze(1)  # g_y^y, (B, V)
+    tp = _per_label_sum(g_at_label * w, t, n + 1)[:, 1:]  # sum m g^j z^j
+    sz = _per_label_sum(w, t, n + 1)[:, 1:]  # sum m z^j
+    if vm is None:
+        sg = g.sum(dim=2)
+        count = torch.full((b, 1), float(t.shape[1]), device=g.device)
+    else:
+        m = vm.reshape(b, 1, -1)
+        sg = (g * m).sum(dim=2)
+        count = m.sum(dim=2)
+    # nnU-Net soft Dice per channel, as _dice_per_channel
+    dice_j = (2.0 * tp + smooth) / (sg + sz + smooth).clamp_min(1e-8)
+    dice_0 = (2.0 * (count - sg - sz + tp) + smooth) / (2.0 * count - sg - sz + smooth).clamp_min(1e-8)
+    per_class = 1.0 - 0.5 * (dice_0 + dice_j)
     return torch.where(annotated, per_class, torch.zeros_like(per_class)).sum(dim=1).mean()
 
 
@@ -509,33 +544,35 @@ def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tenso
 
     Args:
         logits: ``(B, N + 1, *spatial)`` MSH logits.
-        aux_logits: ``(B, N, 2, *spatial)`` ATH logits.
+        aux_logits: ``(B, N, 2, *spatial)`` ATH logits, or ``(B, N, 1, *spatial)`` their
+            difference ``a_j^j - a_j^0`` (see :func:`aux_dice_loss`).
 
     Returns:
         ``terms`` ``(B, N)`` float32 (differentiable), ``iou`` ``(B, N)`` float32.
     """
     b, c = logits.shape[:2]
-    if aux_logits.shape != (b, c - 1, 2, *logits.shape[2:]):
+    if aux_logits.shape not in ((b, c - 1, 2, *logits.shape[2:]), (b, c - 1, 1, *logits.shape[2:])):
         expected = (b, c - 1, 2, *logits.shape[2:])
         raise ValueError(f"aux_logits must be (B, N, 2, *spatial) = {expected}, got {tuple(aux_logits.shape)}")
     x = logits.float()
-    a = aux_logits.float()
     p = torch.softmax(x, dim=1)[:, 1:]  # (B, N, *spatial)
     # A 2-channel softmax is a sigmoid of the logit difference: g_j^j = sigmoid(a_j - a_0),
     # g_j^0 = 1 - g_j^j. Then (1 - p^j) - g_j^0 = g_j^j - p^j, so both squares of the term are
     # equal and term_j = mean_v (p^j - g_j^j)^2: the same value with a fraction of the work
     # (this runs on (B, N, X, Y, Z) every step, beside a network that is the only other cost).
-    d = a[:, :, 1] - a[:, :, 0]  # (B, N, *spatial)
+    d = _ath_logit_difference(aux_logits)  # (B, N, *spatial)
     diff = p - torch.sigmoid(d)
     terms = (diff * diff).mean(dim=_spatial_dims(diff))
     with torch.no_grad():
-        classes = torch.arange(1, c, device=logits.device).reshape(1, c - 1, *([1] * (logits.ndim - 2)))
-        msh = x.argmax(dim=1).unsqueeze(1) == classes
-        ath = d > 0  # argmax over (background, j) picks j only when strictly larger
-        dims = _spatial_dims(msh)
-        inter = (msh & ath).sum(dims).to(torch.float32)
-        union = msh.sum(dims).to(torch.float32) + ath.sum(dims).to(torch.float32) - inter
-        iou = torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
+        # max(dim).indices is argmax (first maximum on ties), several times faster on CPU
+        label = x.max(dim=1).indices.reshape(b, -1)  # (B, V)
+        ath = (d > 0).reshape(b, c - 1, -1)  # argmax over (background, j) picks j only when strictly larger
+        # |MSH_j ∩ ATH_j|: the ATH of the MSH's label, at each voxel the MSH labels with an organ
+        hit = torch.gather(ath, 1, (label - 1).clamp_min(0).unsqueeze(1)).squeeze(1) & (label > 0)
+        inter = _per_label_sum(hit.long(), label, c)[:, 1:]
+        msh_size = _per_label_sum(torch.ones_like(label), label, c)[:, 1:]
+        union = msh_size + ath.sum(dim=2) - inter
+        iou = torch.where(union > 0, inter.double() / union.clamp_min(1).double(), 1.0).float()
     return terms, iou
 
 
@@ -589,7 +626,7 @@ def consistency_loss(
 
     Args:
         logits: ``(B, N + 1, *spatial)``.
-        aux_logits: ``(B, N, 2, *spatial)``.
+        aux_logits: ``(B, N, 2, *spatial)``, or ``(B, N, 1, *spatial)`` (see :func:`consistency_terms`).
         annotated: ``(B, N + 1)`` bool.
         threshold: see :func:`consistency_keep_mask`.
         classes: ``"all"`` (``j in Omega``, as printed, default) or ``"unlabelled"`` (``Phi^c``).
