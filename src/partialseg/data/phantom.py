@@ -57,21 +57,22 @@ class PhantomConfig:
     #: sub-voxels per axis of the internal painting grid; >1 gives true partial-volume edges
     oversample: int = 2
     #: standard deviation of the image noise, HU (per case scaled by 0.75..1.3)
-    noise_std: float = 20.0
+    noise_std: float = 15.0
     #: Gaussian point-spread function sigma, mm, applied before the block average
-    blur_mm: float = 2.0
+    blur_mm: float = 1.5
     #: amplitude (sd, mm) of the smooth whole-body random displacement field
-    deformation_mm: float = 6.0
+    deformation_mm: float = 4.0
     #: relative amplitude of the low-frequency surface waves on every organ
-    organ_deformation: float = 0.12
+    organ_deformation: float = 0.10
     #: sd of the log of per-organ size factors
-    organ_size_variation: float = 0.12
+    organ_size_variation: float = 0.10
     #: sd (mm) of per-organ-group position offsets
-    position_jitter_mm: float = 7.0
+    position_jitter_mm: float = 5.0
     #: sd (HU) of the per-case offset of each tissue's mean HU
     contrast_jitter_hu: float = 8.0
-    #: probability that a case is portal-venous contrast-enhanced rather than non-contrast
-    contrast_fraction: float = 0.3
+    #: probability that a case is portal-venous contrast-enhanced rather than non-contrast (the default
+    #: matches the shared real example; raising it adds a second appearance mode and makes learning harder)
+    contrast_fraction: float = 0.0
     #: probability that a case is female (uterus instead of prostate in label 15)
     female_fraction: float = 0.5
 
@@ -132,7 +133,7 @@ _TISSUE_TABLE: dict[str, tuple[float, float, float, float]] = {
     "lung": (-860.0, -850.0, 25.0, 35.0),
     "fat": (-105.0, -105.0, 5.0, 8.0),
     "visceral_fat": (-95.0, -92.0, 8.0, 14.0),
-    "muscle": (50.0, 62.0, 4.0, 5.0),
+    "muscle": (46.0, 60.0, 4.0, 5.0),
     "bone_cancellous": (230.0, 240.0, 40.0, 45.0),
     "bone_cortical": (800.0, 800.0, 60.0, 60.0),
     "disc": (85.0, 90.0, 5.0, 5.0),
