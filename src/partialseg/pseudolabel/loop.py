@@ -164,15 +164,16 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
         pseudo_dir.mkdir(parents=True, exist_ok=True)
         prev_model = run / f"round_{r - 1}" / ckpt.MODEL_FILE
         predictor = None
+        # decisions of cases already pseudo-labelled before a kill, read once per round
+        dec_file = pseudo_dir / "decisions.json"
+        saved_decisions = json.loads(dec_file.read_text()) if dec_file.exists() else {}
         decisions_all: dict[str, dict[str, Any]] = {}
         cases: list[TrainCase] = []
         for base in tqdm(load_train_cases(prepared, all_ids), desc=f"ipnp round {r}: pseudo-labels", unit="case", disable=not progress):
             f = pseudo_dir / f"{base.case_id}.npz"
             if f.exists():
                 label, pseudo, ent = _load_pseudo(f)
-                dec_file = pseudo_dir / "decisions.json"
-                if dec_file.exists():
-                    decisions_all[base.case_id] = json.loads(dec_file.read_text()).get(base.case_id, {})
+                decisions_all[base.case_id] = saved_decisions.get(base.case_id, {})
             else:
                 if predictor is None:
                     predictor = Predictor.load(prev_model)
