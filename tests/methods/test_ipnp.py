@@ -12,7 +12,7 @@ from partialseg.data.dataset import PartialDataset
 from partialseg.evaluation.metrics import dice
 from partialseg.generalist.base import build_generalist
 from partialseg.methods.ipnp import IPnPOptions
-from partialseg.pseudolabel.loop import pseudo_label_case
+from partialseg.pseudolabel.loop import choose_sources, gate_case, pseudo_label_case
 from tests.conftest import write_block_dataset
 
 
@@ -59,11 +59,56 @@ def test_no_prediction_no_prompt():
     assert decisions[2].status == "no_prediction"
 
 
+def test_specialist_source_and_gate_rejection():
+    hu, gt, probs = _scene()
+    label = np.where(gt == 1, 1, 0).astype(np.int16)
+    gen = build_generalist("random_walker")
+    opts = IPnPOptions(padding=3, dilation=4, tau=0.5)
+    masks, dec, _ = pseudo_label_case(probs, label, frozenset({1}), hu, (2.0, 2.0, 3.0), gen, opts, round_index=1,
+                                      sources={2: "specialist"})
+    # self-training: exactly the specialist's confident region (the shifted organ), no generalist
+    assert dec[2].status == "accepted"
+    assert np.array_equal(masks[2], np.roll(gt == 2, 2, axis=0))
+    masks, dec, _ = pseudo_label_case(probs, label, frozenset({1}), hu, (2.0, 2.0, 3.0), gen, opts, round_index=1,
+                                      sources={2: None})
+    assert masks == {} and dec[2].status == "rejected_gate"
+
+
+def test_gate_case_scores_both_sources_on_an_annotated_organ():
+    hu, gt, probs = _scene()
+    # organ 2 annotated here: the evidence says how each source would have labelled it
+    label = gt.astype(np.int16)
+    ev = gate_case(probs, label, frozenset({1, 2}), hu, (2.0, 2.0, 3.0), build_generalist("random_walker"),
+                   IPnPOptions(padding=3, dilation=4, tau=0.5))
+    assert set(ev) == {1, 2}
+    shifted = np.roll(gt == 2, 2, axis=0)
+    assert ev[2]["specialist"] == pytest.approx(dice(shifted, gt == 2))
+    # the generalist's score is that of the pseudo-label the organ would get if it were unannotated
+    opts = IPnPOptions(padding=3, dilation=4, tau=0.5)
+    masks, _, _ = pseudo_label_case(probs, np.where(gt == 1, 1, 0).astype(np.int16), frozenset({1}), hu, (2.0, 2.0, 3.0),
+                                    build_generalist("random_walker"), opts, round_index=1, sources={2: "generalist"})
+    assert ev[2]["generalist"] == pytest.approx(dice(masks[2], gt == 2)) and ev[2]["generalist"] > 0.6
+
+
+def test_choose_sources_by_mean_dsc_with_a_floor():
+    evidence = [
+        {1: {"generalist": 0.9, "specialist": 0.7}, 2: {"generalist": 0.2, "specialist": 0.6}},
+        {1: {"generalist": 0.7, "specialist": 0.7}, 2: {"generalist": 0.3, "specialist": 0.2}, 3: {"generalist": 0.1, "specialist": 0.3}},
+    ]
+    got = choose_sources(evidence, 5, min_dsc=0.35)
+    assert got[1]["source"] == "generalist" and got[1]["n"] == 2 and got[1]["dsc_generalist"] == pytest.approx(0.8)
+    assert got[2]["source"] == "specialist" and got[2]["dsc_specialist"] == pytest.approx(0.4)
+    assert got[3]["source"] is None  # best 0.3 < 0.35: stays marginalised
+    assert got[4] == {"source": "generalist", "n": 0}  # annotated nowhere: no evidence, the paper's choice
+
+
 def test_options_validation():
     with pytest.raises(Exception, match="retrain"):
         IPnPOptions(retrain="sometimes")
     with pytest.raises(Exception, match="rounds"):
         IPnPOptions(rounds=0)
+    with pytest.raises(Exception, match="pseudo_source"):
+        IPnPOptions(pseudo_source="oracle")
 
 
 def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
@@ -85,6 +130,11 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
     assert set(dec) == {f"case_{i:03d}" for i in range(4)}
     assert set(dec["case_000"]) == {"spleen", "kidney_right", "kidney_left"}  # exactly the unannotated organs
     assert not dec["case_002"]  # fully annotated: nothing to pseudo-label
+    # the default "auto" source: the organ gate's choice per organ, with its evidence
+    src = json.loads((run / "pseudo" / "round_1" / "sources.json").read_text())
+    assert set(src) == set(small_space.names)
+    assert all(v["source"] in ("generalist", "specialist", None) for v in src.values())
+    assert src["liver"]["n"] >= 1 and "dsc_specialist" in src["liver"]
     assert (run / "pseudo_quality.csv").exists() or all(
         d["status"] != "accepted" for c in dec.values() for d in c.values()
     )

@@ -27,6 +27,11 @@ class IPnPOptions:
     tau: float = 0.5  # τ: specialist probability threshold
     dilation: int = 10  # δ: ROI dilation in voxels
     entropy_from_round: int = 2  # r_e: the entropy rule applies from this round on
+    #: where a class's pseudo-label comes from: "generalist" (the paper), "specialist" (self-training,
+    #: no generalist) or "auto" (per organ and round, whichever agrees better with the annotations of
+    #: the cases that annotate the organ; an organ below min_organ_dsc stays marginalised)
+    pseudo_source: str = "auto"
+    min_organ_dsc: float = 0.5  # the "auto" gate's threshold (mean DSC on the annotating cases)
     prompt_high_confidence: bool = False  # prompt from {argmax = k and p_k ≥ τ} instead of {argmax = k}
     largest_component: bool = True  # prompt from the largest connected component only
     vls: bool = True  # voxel-level selection loss (False = the paper's "without VLS" ablation)
@@ -38,6 +43,11 @@ class IPnPOptions:
             raise PartialsegError("ipnp: rounds must be ≥ 1")
         if self.retrain not in ("continue", "scratch"):
             raise PartialsegError(f"ipnp: retrain must be 'continue' or 'scratch', got {self.retrain!r}")
+        if self.pseudo_source not in ("generalist", "specialist", "auto"):
+            raise PartialsegError(
+                f"ipnp: pseudo_source must be 'generalist', 'specialist' or 'auto', got {self.pseudo_source!r}")
+        if not 0 <= self.min_organ_dsc <= 1:
+            raise PartialsegError(f"ipnp: min_organ_dsc must be in [0, 1], got {self.min_organ_dsc}")
         if not 0 <= self.tau < 1:
             raise PartialsegError(f"ipnp: tau must be in [0, 1), got {self.tau}")
         if self.padding < 0 or self.dilation < 0:

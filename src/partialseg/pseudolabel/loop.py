@@ -48,6 +48,54 @@ def hounsfield(image: np.ndarray, preprocess: Any, stats: Any) -> np.ndarray:
     return x * np.float32(max(stats.std, 1e-8)) + np.float32(stats.mean)
 
 
+SOURCES = ("generalist", "specialist")
+
+
+def candidate_masks(
+    probs: np.ndarray,
+    label: np.ndarray,
+    annotated: frozenset[int],
+    hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    generalist: Any,
+    opts: Any,
+    *,
+    classes: list[int],
+    sources: dict[int, str],
+) -> tuple[dict[int, np.ndarray], dict[int, Decision]]:
+    """Each class's pseudo-label candidate from its source, as if the class were unannotated.
+
+    ``sources[k]`` is ``"generalist"`` (the paper: P_k = G_k ∩ ROI_k ∩ {p_k ≥ τ}, the generalist
+    prompted with the two boxes of the specialist's M_k) or ``"specialist"`` (no generalist:
+    P_k = {argmax = k, p_k ≥ τ}, its largest component with ``opts.largest_component``). Voxels
+    annotated with another class of Φ are never part of a candidate. Returns (masks, decisions
+    for the classes that got none).
+    """
+    from partialseg.generalist.prompts import box_prompts_from_mask, roi_from_prompts
+
+    prompts: dict[int, list] = {}
+    masks: dict[int, np.ndarray] = {}
+    decisions: dict[int, Decision] = {}
+    for k in classes:
+        m = prompt_mask(probs, k, tau=opts.tau if opts.prompt_high_confidence else None, keep_largest=opts.largest_component)
+        if not m.any():
+            decisions[k] = Decision("no_prediction")
+            continue
+        if sources[k] == "specialist":
+            p = prompt_mask(probs, k, tau=opts.tau, keep_largest=opts.largest_component)
+            masks[k] = p & ~_protected(label, annotated, k)
+        else:
+            prompts[k] = box_prompts_from_mask(m, axes=(2, 0), padding=opts.padding)
+    for k, g in (generalist.segment_many(hu, spacing, prompts) if prompts else {}).items():
+        roi = roi_from_prompts(prompts[k], probs.shape[1:], opts.dilation)
+        masks[k] = refine(g, roi, probs, k, tau=opts.tau, protected=_protected(label, annotated, k))
+    return masks, decisions
+
+
+def _protected(label: np.ndarray, annotated: frozenset[int], k: int) -> np.ndarray:
+    return np.isin(label, sorted(c for c in annotated if c not in (0, k)))
+
+
 def pseudo_label_case(
     probs: np.ndarray,
     label: np.ndarray,
@@ -59,34 +107,35 @@ def pseudo_label_case(
     *,
     round_index: int,
     previous: dict[int, tuple[np.ndarray, float]] | None = None,
+    sources: dict[int, str | None] | None = None,
 ) -> tuple[dict[int, np.ndarray], dict[int, Decision], dict[int, float]]:
     """One case, one round: pseudo-label masks for the unannotated classes that are found.
 
-    ``previous`` maps class → (mask, mean entropy) of the last accepted pseudo-label, used by the
-    entropy rule from round ``opts.entropy_from_round`` on. Returns (masks, decisions, entropies).
+    ``sources`` maps class → ``"generalist"``, ``"specialist"`` or None (the organ gate rejected the
+    class this round: it stays marginalised); a class not in it uses ``opts.pseudo_source`` (the
+    generalist when that is ``"auto"``). ``previous`` maps class → (mask, mean entropy) of the last
+    accepted pseudo-label, used by the entropy rule from round ``opts.entropy_from_round`` on.
+    Returns (masks, decisions, entropies).
     """
-    from partialseg.generalist.prompts import box_prompts_from_mask, roi_from_prompts
-
     previous = previous or {}
-    n = probs.shape[0]
-    protected = np.isin(label, sorted(annotated)) & (label > 0)
-    prompts: dict[int, list] = {}
+    sources = sources or {}
+    default = "generalist" if opts.pseudo_source == "auto" else opts.pseudo_source
     decisions: dict[int, Decision] = {}
-    for k in range(1, n):
+    todo: dict[int, str] = {}
+    for k in range(1, probs.shape[0]):
         if k in annotated:
             continue
-        m = prompt_mask(probs, k, tau=opts.tau if opts.prompt_high_confidence else None, keep_largest=opts.largest_component)
-        if not m.any():
-            decisions[k] = Decision("no_prediction")
-            continue
-        prompts[k] = box_prompts_from_mask(m, axes=(2, 0), padding=opts.padding)
-    masks_g = generalist.segment_many(hu, spacing, prompts) if prompts else {}
-    h = entropy(probs) if prompts else None
+        src = sources.get(k, default)
+        if src is None:
+            decisions[k] = Decision("rejected_gate")
+        else:
+            todo[k] = src
+    cand, none = candidate_masks(probs, label, annotated, hu, spacing, generalist, opts, classes=sorted(todo), sources=todo)
+    decisions.update(none)
+    h = entropy(probs) if cand else None
     masks: dict[int, np.ndarray] = {}
     entropies: dict[int, float] = {}
-    for k, g in masks_g.items():
-        roi = roi_from_prompts(prompts[k], probs.shape[1:], opts.dilation)
-        p = refine(g, roi, probs, k, tau=opts.tau, protected=protected)
+    for k, p in cand.items():
         if not p.any():
             decisions[k] = Decision("empty_after_refinement")
             if k in previous:
@@ -101,6 +150,43 @@ def pseudo_label_case(
         decisions[k] = Decision("accepted", int(p.sum()), mean_h)
         masks[k], entropies[k] = p, mean_h
     return masks, decisions, entropies
+
+
+def gate_case(
+    probs: np.ndarray, label: np.ndarray, annotated: frozenset[int], hu: np.ndarray,
+    spacing: tuple[float, float, float], generalist: Any, opts: Any,
+) -> dict[int, dict[str, float]]:
+    """The organ gate's evidence from one case: for every organ annotated *and present* in it, the
+    DSC against the annotation of each source's candidate, built as if the organ were unannotated
+    (prompts from the specialist's prediction, the annotation itself unused)."""
+    from partialseg.evaluation.metrics import dice
+
+    classes = [k for k in sorted(annotated) if k > 0 and k < probs.shape[0] and bool((label == k).any())]
+    out: dict[int, dict[str, float]] = {k: {} for k in classes}
+    for src in SOURCES:
+        masks, _ = candidate_masks(probs, label, annotated, hu, spacing, generalist, opts, classes=classes,
+                                   sources=dict.fromkeys(classes, src))
+        for k in classes:
+            out[k][src] = dice(masks[k], label == k) if k in masks else 0.0
+    return out
+
+
+def choose_sources(evidence: list[dict[int, dict[str, float]]], num_classes: int, min_dsc: float) -> dict[int, dict[str, Any]]:
+    """Per organ: the source whose candidates agree best with the annotations (mean DSC over the
+    cases that annotate the organ), or None when even the best stays below ``min_dsc``. An organ
+    that no case annotates keeps the paper's generalist (no evidence either way)."""
+    out: dict[int, dict[str, Any]] = {}
+    for k in range(1, num_classes):
+        vals = {src: [e[k][src] for e in evidence if k in e] for src in SOURCES}
+        n = len(vals["generalist"])
+        if n == 0:
+            out[k] = {"source": "generalist", "n": 0}
+            continue
+        means = {src: float(np.mean(v)) for src, v in vals.items()}
+        best = max(SOURCES, key=lambda s: means[s])
+        out[k] = {"source": best if means[best] >= min_dsc else None, "n": n,
+                  **{f"dsc_{s}": means[s] for s in SOURCES}}
+    return out
 
 
 def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
@@ -164,28 +250,38 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
         pseudo_dir.mkdir(parents=True, exist_ok=True)
         prev_model = run / f"round_{r - 1}" / ckpt.MODEL_FILE
         predictor = None
+
+        def case_probs(base: TrainCase) -> np.ndarray:
+            nonlocal predictor
+            if predictor is None:
+                predictor = Predictor.load(prev_model)
+            return sliding_window_probabilities(
+                predictor.net, predictor.method.probabilities, base.image, predictor.patch_size,
+                overlap=predictor.overlap, device=predictor.device, amp=predictor.amp, amp_cpu=predictor.amp_cpu,
+            ).numpy()
+
+        train_cases = load_train_cases(prepared, all_ids)
+        sources: dict[int, str | None] = {}
+        if opts.pseudo_source == "auto":
+            sources = _organ_gate(pseudo_dir, train_cases, case_probs, prepared, generalist, opts, space, progress)
         # decisions of cases already pseudo-labelled before a kill, read once per round
         dec_file = pseudo_dir / "decisions.json"
         saved_decisions = json.loads(dec_file.read_text()) if dec_file.exists() else {}
         decisions_all: dict[str, dict[str, Any]] = {}
         cases: list[TrainCase] = []
-        for base in tqdm(load_train_cases(prepared, all_ids), desc=f"ipnp round {r}: pseudo-labels", unit="case", disable=not progress):
+        for base in tqdm(train_cases, desc=f"ipnp round {r}: pseudo-labels", unit="case", disable=not progress):
             f = pseudo_dir / f"{base.case_id}.npz"
+            probs = None
             if f.exists():
                 label, pseudo, ent = _load_pseudo(f)
                 decisions_all[base.case_id] = saved_decisions.get(base.case_id, {})
             else:
-                if predictor is None:
-                    predictor = Predictor.load(prev_model)
-                probs = sliding_window_probabilities(
-                    predictor.net, predictor.method.probabilities, base.image, predictor.patch_size,
-                    overlap=predictor.overlap, device=predictor.device, amp=predictor.amp, amp_cpu=predictor.amp_cpu,
-                ).numpy()
+                probs = case_probs(base)
                 hu = hounsfield(base.image, prepared.config, prepared.stats)
                 spacing = prepared.case(base.case_id).meta.spacing
                 masks, decisions, ent = pseudo_label_case(
                     probs, np.asarray(base.label), base.annotated, hu, spacing, generalist, opts,
-                    round_index=r, previous=previous[base.case_id],
+                    round_index=r, previous=previous[base.case_id], sources=sources,
                 )
                 label = assemble(np.asarray(base.label), masks, probs)
                 pseudo = frozenset(k for k, m in masks.items() if m.any())
@@ -195,11 +291,15 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
             locs = dict(base.class_locations)
             locs.update(class_locations(label, pseudo, seed=r))
             cases.append(TrainCase(base.case_id, base.image, label, base.annotated, locs, base.reference, pseudo, base.pad_value))
-            if base.reference is not None:
+            if base.reference is not None and pseudo:
                 ref = np.asarray(base.reference)
+                if probs is None:
+                    probs = case_probs(base)
+                argmax = probs.argmax(0)
                 for k in pseudo:
+                    # the specialist's own argmax on the same case and organ: what the pseudo-label must beat
                     quality_rows.append({"round": r, "case": base.case_id, "organ": space.name(k),
-                                         "dsc": dice(label == k, ref == k)})
+                                         "dsc": dice(label == k, ref == k), "specialist_dsc": dice(argmax == k, ref == k)})
         write_json_atomic(decisions_all, pseudo_dir / "decisions.json")
         _write_quality(run, quality_rows, decisions_rounds(run, opts.rounds), space)
         if not (rdir / ckpt.MODEL_FILE).exists():
@@ -216,6 +316,31 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     return final
 
 
+def _organ_gate(pseudo_dir: Path, train_cases: list, case_probs: Any, prepared: Any, generalist: Any, opts: Any,
+                space: Any, progress: bool) -> dict[int, str | None]:
+    """``pseudo_source="auto"``: choose each organ's source on the cases that annotate it.
+
+    The evidence is optimistic (the specialist was trained on these very annotations), so it ranks
+    the sources and rejects organs that fail even there; it does not estimate the pseudo-labels' DSC.
+    Saved to ``sources.json`` (a resumed round reuses it).
+    """
+    from tqdm.auto import tqdm
+
+    f = pseudo_dir / "sources.json"
+    if not f.exists():
+        evidence = []
+        for base in tqdm(train_cases, desc="ipnp organ gate", unit="case", disable=not progress):
+            hu = hounsfield(base.image, prepared.config, prepared.stats)
+            spacing = prepared.case(base.case_id).meta.spacing
+            evidence.append(gate_case(case_probs(base), np.asarray(base.label), base.annotated, hu, spacing, generalist, opts))
+        chosen = choose_sources(evidence, len(space.names) + 1, opts.min_organ_dsc)
+        write_json_atomic({space.name(k): v for k, v in chosen.items()}, f)
+    saved = json.loads(f.read_text())
+    out = {space.index(name): v["source"] for name, v in saved.items()}
+    log.info("ipnp organ sources: %s", {name: v["source"] for name, v in saved.items()})
+    return out
+
+
 def decisions_rounds(run: Path, rounds: int) -> dict[int, dict[str, Any]]:
     out = {}
     for r in range(1, rounds + 1):
@@ -230,7 +355,7 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
     from partialseg.evaluation.evaluate import markdown_table
 
     table: list[dict[str, Any]] = []
-    statuses = ("accepted", "rejected_entropy", "empty_after_refinement", "no_prediction")
+    statuses = ("accepted", "rejected_entropy", "rejected_gate", "empty_after_refinement", "no_prediction")
     for r, dec in sorted(decisions.items()):
         for organ in space.names:
             counts = {s: 0 for s in statuses}
@@ -238,9 +363,11 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
                 d = per_case.get(organ)
                 if d:
                     counts[d["status"]] += 1
-            d_vals = [row["dsc"] for row in rows if row["round"] == r and row["organ"] == organ]
-            table.append({"round": r, "organ": organ, "pseudo_dsc": float(np.mean(d_vals)) if d_vals else None,
-                          "n_pseudo": len(d_vals), **counts})
+            sel = [row for row in rows if row["round"] == r and row["organ"] == organ]
+            table.append({"round": r, "organ": organ,
+                          "pseudo_dsc": float(np.mean([x["dsc"] for x in sel])) if sel else None,
+                          "specialist_dsc": float(np.mean([x["specialist_dsc"] for x in sel])) if sel else None,
+                          "n_pseudo": len(sel), **counts})
     if not table:
         return
     buf = io.StringIO()
@@ -248,16 +375,33 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
     w.writeheader()
     w.writerows(table)
     write_text_atomic(buf.getvalue(), run / "pseudo_quality.csv")
-    header = ["round", "organ", "pseudo DSC", "n", *statuses]
-    body = [[str(t["round"]), t["organ"], "–" if t["pseudo_dsc"] is None else f"{100 * t['pseudo_dsc']:.1f}",
-             str(t["n_pseudo"]), *(str(t[s]) for s in statuses)] for t in table]
-    means = {}
+    header = ["round", "organ", "pseudo DSC", "specialist DSC", "n", *statuses]
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    body = [[str(t["round"]), t["organ"], pct(t["pseudo_dsc"]), pct(t["specialist_dsc"]), str(t["n_pseudo"]),
+             *(str(t[s]) for s in statuses)] for t in table]
+    lines = []
     for r in sorted(decisions):
-        vals = [t["pseudo_dsc"] for t in table if t["round"] == r and t["pseudo_dsc"] is not None]
-        means[r] = float(np.mean(vals)) if vals else None
-    lines = [f"round {r}: mean pseudo-label DSC {100 * m:.1f} %" for r, m in means.items() if m is not None]
+        sel = [x for x in rows if x["round"] == r]
+        if sel:
+            lines.append(f"round {r}: {len(sel)} pseudo-labels (case × organ), mean DSC {100 * np.mean([x['dsc'] for x in sel]):.1f} %"
+                         f" vs {100 * np.mean([x['specialist_dsc'] for x in sel]):.1f} % for the specialist's own prediction")
+    # a mean over a changing set of organs can fall while every organ improves: also compare on the
+    # organs pseudo-labelled in every round
+    common = None
+    for r in sorted(decisions):
+        got = {t["organ"] for t in table if t["round"] == r and t["pseudo_dsc"] is not None}
+        common = got if common is None else common & got
+    if common and len(decisions) > 1:
+        per = [f"round {r} {100 * np.mean([t['pseudo_dsc'] for t in table if t['round'] == r and t['organ'] in common]):.1f} %"
+               for r in sorted(decisions)]
+        lines.append(f"on the {len(common)} organs pseudo-labelled in every round (mean of organ means): " + ", ".join(per))
+    notes = ("\n'pseudo DSC': the pseudo-labels against the reference labels; 'specialist DSC': the argmax of the "
+             "specialist that prompted them, on the same cases and organs. Counts are case × organ decisions.\n")
     write_text_atomic("# Pseudo-label quality per round\n\n" + "\n".join(f"- {x}" for x in lines) + "\n\n"
-                      + markdown_table(header, body) + "\n", run / "pseudo_quality.md")
+                      + markdown_table(header, body) + "\n" + notes, run / "pseudo_quality.md")
     _plot_quality(table, run / "pseudo_quality.png")
 
 
