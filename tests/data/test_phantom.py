@@ -150,6 +150,21 @@ def test_small_organs_are_small(phantoms: list[Phantom]) -> None:
         assert counts[SPACE.index("liver")] > counts[SPACE.index("spleen")] > counts[SPACE.index("adrenal_gland_left")]
 
 
+def test_thin_organ_scale_thickens_only_the_thin_organs() -> None:
+    base = dataclasses.replace(PRESETS["cpu"], thin_organ_scale=1.0)
+    thick = dataclasses.replace(PRESETS["cpu"], thin_organ_scale=1.6)
+    a = np.bincount(make_phantom(3, base).labels.ravel(), minlength=16)
+    b = np.bincount(make_phantom(3, thick).labels.ravel(), minlength=16)
+    for name in ("esophagus", "adrenal_gland_right", "adrenal_gland_left"):
+        i = SPACE.index(name)
+        assert b[i] > 1.5 * a[i], name
+    for name in ("liver", "spleen", "kidney_left", "urinary_bladder"):
+        i = SPACE.index(name)
+        assert abs(int(b[i]) - int(a[i])) <= 0.05 * a[i], name
+    with pytest.raises(PartialsegError, match="thin_organ_scale"):
+        PhantomConfig(thin_organ_scale=5.0)
+
+
 def test_deterministic_and_cases_differ(phantoms: list[Phantom]) -> None:
     again = make_phantom(SEEDS[2], CPU)
     assert np.array_equal(again.image, phantoms[2].image)

@@ -424,6 +424,11 @@ def _plot_quality(table: list[dict[str, Any]], path: Path) -> None:
         vals = [t["pseudo_dsc"] for t in table if t["round"] == r and t["pseudo_dsc"] is not None]
         means.append(float(np.mean(vals)) if vals else float("nan"))
     ax.plot(rounds, means, "k-", lw=3, label="mean")
+    spec = []
+    for r in rounds:
+        vals = [t["specialist_dsc"] for t in table if t["round"] == r and t["specialist_dsc"] is not None]
+        spec.append(float(np.mean(vals)) if vals else float("nan"))
+    ax.plot(rounds, spec, "k--", lw=2, label="specialist's own (mean)")
     ax.set_xlabel("round")
     ax.set_ylabel("pseudo-label DSC vs reference")
     ax.set_xticks(rounds)
