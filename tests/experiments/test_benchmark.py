@@ -52,6 +52,17 @@ def test_ipnp_protocol_tables_and_rerun_skips(tmp_path):
     assert model.stat().st_mtime_ns == before  # finished work is skipped
 
 
+def test_ipnp_adopts_the_marginal_run_as_round_0(tmp_path):
+    out = tmp_path / "bench"
+    res = run_benchmark(out, keeps=[0.5], methods=["ipnp:rounds=1,tau=0.0", "marginal"], preset=TINY, upper_bound=False,
+                        progress=False)
+    assert res.methods["keep0.5"] == ["marginal", "ipnp[rounds=1,tau=0.0]"]  # marginal first, whatever the order given
+    runs = out / "runs" / "keep0.5"
+    r0 = runs / "ipnp__rounds-1_tau-0.0" / "round_0"
+    assert (r0 / "model.pt").read_bytes() == (runs / "marginal" / "model.pt").read_bytes()
+    assert not (r0 / "checkpoints").exists()
+
+
 def test_rerun_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "bench"
     run_benchmark(out, keeps=[0.5], methods=[], preset=TINY, upper_bound=False, progress=False)  # data only

@@ -158,3 +158,28 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
         np.testing.assert_array_equal(a[keep], b[keep])  # annotated voxels never overwritten
         assert exported.case(c.case_id).annotated >= c.annotated
     assert {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()} == before  # user's files untouched
+
+
+def test_round_0_adopted_from_a_marginal_run(tmp_path, small_space):
+    ds = write_block_dataset(tmp_path / "blocks", small_space, n_cases=3, annotated={"case_000": ["liver"]})
+    common = ["train.batch_size=1", "train.patch_size=[32,16,16]", "train.val_every=0", "network.options={base_channels: 4}",
+              "data.spacing=[2.0,2.5,3.0]", "train.num_threads=1"]
+
+    def train(out, method, *extra):
+        args = ["train", str(ds), "--out", str(out), "--method", method]
+        for s in [*common, *extra]:
+            args += ["--set", s]
+        return CliRunner().invoke(app, args)
+
+    r = train(tmp_path / "marginal", "marginal", "train.steps=2")
+    assert r.exit_code == 0, r.output
+    ipnp_opts = ["method.options.rounds=1", f"method.options.specialist_run={tmp_path / 'marginal'}", "method.options.tau=0.0"]
+    r = train(tmp_path / "ipnp", "ipnp", "train.steps=2", *ipnp_opts)
+    assert r.exit_code == 0, r.output
+    r0 = tmp_path / "ipnp" / "round_0"
+    assert (r0 / "model.pt").read_bytes() == (tmp_path / "marginal" / "model.pt").read_bytes()
+    assert not (r0 / "checkpoints").exists()  # adopted, not trained
+    assert (tmp_path / "ipnp" / "round_1" / "model.pt").exists()
+    # a specialist trained with other settings is refused, naming the run and the section
+    r = train(tmp_path / "ipnp_bad", "ipnp", "train.steps=3", *ipnp_opts)
+    assert r.exit_code != 0 and "other settings" in r.output and "train" in r.output

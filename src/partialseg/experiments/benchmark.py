@@ -209,7 +209,8 @@ def run_benchmark(
         raise PartialsegError(f"unknown benchmark preset {preset!r}; choose from {sorted(PRESETS)}")
     if protocol not in ("ipnp", "tct"):
         raise PartialsegError(f"unknown protocol {protocol!r}; choose 'ipnp' or 'tct'")
-    specs_m = [MethodSpec.parse(m) for m in methods]
+    # ipnp after marginal, whose run it adopts as round 0
+    specs_m = sorted((MethodSpec.parse(m) for m in methods), key=lambda m: m.name == "ipnp")
     for m in specs_m:
         get_method(m.name)
     for k in keeps:
@@ -256,7 +257,13 @@ def run_benchmark(
         result.methods[s.setting].append(s.method)
     for i, (s, m) in enumerate(runs):
         log.info("[%d/%d] %s / %s", i + 1, len(runs), s.setting, s.method)
-        cfg = build_config(p, m, config_file, overrides)
+        extra: list[str] = []
+        if m.name == "ipnp" and "specialist_run" not in dict(m.options):
+            # IPnP's round 0 is a marginal training with the same recipe: reuse this setting's
+            marginal = next((r for r, mm in runs if r.setting == s.setting and mm == MethodSpec("marginal")), None)
+            if marginal is not None:
+                extra = [f"method.options.specialist_run={marginal.run_dir}"]
+        cfg = build_config(p, m, config_file, [*overrides, *extra])
         result.results[(s.setting, s.method)] = train_predict_evaluate(s, cfg, test, progress=progress)
         write_benchmark_tables(result)  # partial tables after every run: a long benchmark shows progress
     return result

@@ -19,6 +19,9 @@ from partialseg.methods.baselines import Marginal
 @dataclass
 class IPnPOptions:
     rounds: int = 2  # pseudo-labelling rounds after round 0
+    #: a finished marginal (or ipnp) run on the same dataset with the same settings to use as round 0
+    #: instead of training it again ("" = train round 0)
+    specialist_run: str = ""
     steps_per_round: int = 0  # retraining steps per round; 0 = train.steps
     retrain: str = "continue"  # "continue" from the previous round's weights, or "scratch"
     generalist: str = "random_walker"  # "random_walker" (weight-free, CPU) or "nninteractive"

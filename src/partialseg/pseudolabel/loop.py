@@ -231,6 +231,8 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     write_text_atomic(cfg.to_yaml(), run / "config.yaml")
 
     r0 = run / "round_0"
+    if opts.specialist_run and not (r0 / ckpt.MODEL_FILE).exists():
+        adopt_specialist(Path(opts.specialist_run), r0, cfg, dataset)
     if not (r0 / ckpt.MODEL_FILE).exists():
         train(dataset, r0, _round_cfg(cfg, opts, 0), resume=(r0 / "config.yaml").exists(), progress=progress)
     prepared_dir = Path(json.loads((r0 / "split.json").read_text())["prepared"])
@@ -314,6 +316,39 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     shutil.copyfile(last, tmp)
     tmp.replace(final)
     return final
+
+
+def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str | Path) -> None:
+    """Use a finished run as round 0: round 0 *is* a marginal-loss training on the partial labels.
+
+    The run must be a ``marginal`` or ``ipnp`` run on the same dataset whose network, data, optimiser,
+    augmentation and training settings equal ``cfg``'s; its files are copied (never moved) into ``r0``.
+    """
+    from partialseg.errors import InputError
+    from partialseg.training import checkpoint as ckpt
+
+    model = source / ckpt.MODEL_FILE
+    if not model.exists():
+        raise InputError(source, "specialist_run has no model.pt (is the run finished?)")
+    saved = ckpt.load(model)
+    if saved.get("method", {}).get("name") not in ("marginal", "ipnp"):
+        raise InputError(source, f"specialist_run must be a 'marginal' or 'ipnp' run, not {saved.get('method', {}).get('name')!r}")
+    mine, theirs = cfg.to_dict(), dict(saved["config"])
+    differ = sorted(k for k in mine if k != "method" and mine[k] != theirs.get(k))
+    if differ:
+        raise InputError(source, f"specialist_run was trained with other settings in {differ}; round 0 must match the IPnP run")
+    split = json.loads((source / "split.json").read_text())
+    prepared_from = json.loads((Path(split["prepared"]) / "prepared.json").read_text()).get("source")
+    if prepared_from is not None and Path(prepared_from).resolve() != Path(dataset).resolve():
+        raise InputError(source, f"specialist_run was trained on {prepared_from}, not on {dataset}")
+    r0.mkdir(parents=True, exist_ok=True)
+    # model.pt last: its presence marks round 0 as done
+    for name in ("split.json", "config.yaml", "log.csv", "curves.png", ckpt.MODEL_FILE):
+        if (source / name).exists():
+            tmp = r0 / f".{name}.tmp"
+            shutil.copyfile(source / name, tmp)
+            tmp.replace(r0 / name)
+    log.info("round 0: adopted the specialist of %s", source)
 
 
 def _organ_gate(pseudo_dir: Path, train_cases: list, case_probs: Any, prepared: Any, generalist: Any, opts: Any,
