@@ -171,6 +171,19 @@ def test_without_consistency_and_weighting_the_loss_is_main_plus_aux_dice():
     assert "l_con" not in logs
 
 
+def test_main_ce_weight_adds_the_marginal_cross_entropy_to_l_main():
+    model = make_model({"consistency": False, "weighting": "none", "main_ce_weight": 0.5})
+    batch = make_batch()
+    loss, logs = model(batch, StepContext(0, 10))
+    logits, aux = outputs(model, batch)
+    dice_only = L.marginal_dice_loss(logits, batch.target, batch.annotated)
+    ce = L.marginal_loss(logits, batch.target, batch.annotated, ce_weight=1.0, dice_weight=0.0)
+    assert logs["l_main"] == pytest.approx((dice_only + 0.5 * ce).item(), abs=1e-5)
+    assert loss.item() == pytest.approx(logs["l_main"] + L.aux_dice_loss(aux, batch.target, batch.annotated).item(), abs=1e-5)
+    with pytest.raises(PartialsegError, match="main_ce_weight"):
+        TCTOptions(main_ce_weight=-1.0)
+
+
 def test_consistency_weight_ramps_up():
     model = make_model({"lam": 0.5, "rampup_fraction": 0.4})
     batch = make_batch()
