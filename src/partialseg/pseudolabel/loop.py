@@ -2,9 +2,11 @@
 
 Run folder of an ``ipnp`` training::
 
-    RUN/round_0/                 specialist trained on the partial labels (an ordinary run folder)
+    RUN/round_0/                 specialist trained on the partial labels (an ordinary run folder, or the
+                                 files of the finished run given as ``specialist_run``)
     RUN/pseudo/round_<r>/<case>.npz   pseudo-full label map of round r (preprocessed grid), pseudo classes
     RUN/pseudo/round_<r>/decisions.json  per case and organ: accepted / rejected and why, voxels, entropy
+    RUN/pseudo/round_<r>/sources.json    with pseudo_source="auto": each organ's source and the gate's evidence
     RUN/round_<r>/                    the specialist retrained on annotations + pseudo-labels (VLS loss)
     RUN/pseudo_quality.csv / .md / .png   per round and organ: pseudo-label DSC vs the reference (when
                                           the dataset has one) and the accept/reject counts
