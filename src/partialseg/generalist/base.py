@@ -47,11 +47,13 @@ __all__ = [
 GENERALISTS: dict[str, str] = {
     "random_walker": "partialseg.generalist.random_walker:RandomWalkerGeneralist",
     "nninteractive": "partialseg.generalist.nninteractive:NNInteractiveGeneralist",
+    "boxnet": "partialseg.generalist.boxnet:BoxNetGeneralist",
 }
 #: one-line descriptions for ``--help`` / listings.
 GENERALIST_HELP: dict[str, str] = {
     "random_walker": "weight-free 3D random walker with box-learned intensity priors (CPU, default)",
     "nninteractive": "nnInteractive (MIC-DKFZ) promptable network; needs partialseg[nninteractive] and its weights",
+    "boxnet": "box-prompted 3D U-Net trained on the dataset's own annotated organs (IPnP trains it; CPU minutes)",
 }
 DEFAULT_GENERALIST = "random_walker"
 

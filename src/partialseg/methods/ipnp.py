@@ -24,8 +24,12 @@ class IPnPOptions:
     specialist_run: str = ""
     steps_per_round: int = 0  # retraining steps per round; 0 = train.steps
     retrain: str = "continue"  # "continue" from the previous round's weights, or "scratch"
-    generalist: str = "random_walker"  # "random_walker" (weight-free, CPU) or "nninteractive"
+    #: "random_walker" (weight-free, CPU), "boxnet" (trained on this dataset's annotated organs before
+    #: round 1, into RUN/generalist/, unless generalist_options gives a model_folder) or "nninteractive"
+    generalist: str = "random_walker"
     generalist_options: dict[str, Any] = field(default_factory=dict)  # e.g. {model_folder: ..., device: cuda}
+    #: boxnet only: training settings (partialseg.generalist.boxnet.BoxNetConfig fields, e.g. {steps: 1000})
+    generalist_training: dict[str, Any] = field(default_factory=dict)
     padding: int = 5  # ρ: box padding in voxels
     tau: float = 0.5  # τ: specialist probability threshold
     dilation: int = 10  # δ: ROI dilation in voxels
@@ -55,6 +59,12 @@ class IPnPOptions:
             raise PartialsegError(f"ipnp: tau must be in [0, 1), got {self.tau}")
         if self.padding < 0 or self.dilation < 0:
             raise PartialsegError("ipnp: padding and dilation must be ≥ 0")
+        if self.generalist_training:
+            if self.generalist != "boxnet":
+                raise PartialsegError("ipnp: generalist_training applies to generalist='boxnet' only")
+            from partialseg.generalist.boxnet import BoxNetConfig
+
+            BoxNetConfig.from_options(self.generalist_training)  # fail at config time, not after round 0
 
 
 @register

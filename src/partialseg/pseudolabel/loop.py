@@ -243,6 +243,10 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     gopts = dict(opts.generalist_options)
     if opts.generalist == "random_walker":
         gopts.setdefault("box_padding", opts.padding)  # it locates the organ inside the padded box
+    if opts.generalist == "boxnet" and "model_folder" not in gopts:
+        gopts["model_folder"] = str(_train_boxnet(run / "generalist", r0, prepared, cfg, opts, progress).parent)
+        gopts.setdefault("amp_cpu", cfg.train.amp_cpu)
+        gopts.setdefault("device", cfg.train.device)
     generalist = build_generalist(opts.generalist, **gopts)
     all_ids = [c.case_id for c in prepared.cases]
     quality_rows: list[dict[str, Any]] = []
@@ -318,6 +322,19 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     shutil.copyfile(last, tmp)
     tmp.replace(final)
     return final
+
+
+def _train_boxnet(out: Path, r0: Path, prepared: Any, cfg: ExperimentConfig, opts: Any, progress: bool) -> Path:
+    """The ``boxnet`` generalist, trained on the annotations of round 0's training cases (not its validation ones)."""
+    from partialseg.generalist.boxnet import BoxNetCase, BoxNetConfig, train_boxnet
+    from partialseg.training.trainer import load_train_cases
+
+    bcfg = BoxNetConfig.from_options({"padding": opts.padding, "seed": cfg.train.seed, **opts.generalist_training})
+    ids = json.loads((r0 / "split.json").read_text())["train"]
+    cases = [BoxNetCase(hounsfield(c.image, prepared.config, prepared.stats), np.asarray(c.label), c.annotated, c.case_id)
+             for c in load_train_cases(prepared, ids)]
+    return train_boxnet(cases, out, prepared.config.spacing, bcfg, device=cfg.train.device, amp=cfg.train.amp,
+                        amp_cpu=cfg.train.amp_cpu, progress=progress)
 
 
 def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str | Path) -> None:
