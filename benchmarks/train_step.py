@@ -15,6 +15,8 @@ Extra variants, for comparison only (never registered as methods):
 - ``tct-2conv``: TCT with its MSH and its one 2N-output ATH conv run as two convolutions and
   the ATH logits as ``(B, N, 2, ...)`` (``tct`` runs the MSH and the N ATH logit-difference
   filters as one convolution: see ``TCT.heads``);
+- ``tct[aux_kernel_size=1]``: the registered ``tct`` with its pointwise-ATH option (timed whenever
+  ``tct`` is);
 - ``tct-naive`` (``--naive``): TCT with N separate 2-channel ATH convs, the literal reading
   of "one head per class".
 
@@ -174,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         runners.append(build_runner("tct-2conv", TCTTwoConv(space), args, device))
     if args.naive:
         runners.append(build_runner("tct-naive", TCTNaive(space), args, device))
+    if "tct" in (args.methods or list(METHODS)):
+        # the registered method with its cheap option (pointwise ATH conv)
+        runners.append(build_runner("tct[aux_kernel_size=1]", TCT(space, {"aux_kernel_size": 1}), args, device))
 
     total = args.warmup + args.steps
     print(f"device {device}{' bf16' if args.amp and device.type == 'cuda' else ''}, threads {torch.get_num_threads()}, "

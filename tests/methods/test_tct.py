@@ -117,7 +117,7 @@ class PlainTCT(TCT):
         return net.head(f), extras.aux_logits(f)
 
 
-@pytest.mark.parametrize("options", [{}, {"weighting": "uwl", "filtering": False}])
+@pytest.mark.parametrize("options", [{}, {"weighting": "uwl", "filtering": False}, {"aux_kernel_size": 1}])
 def test_fused_heads_give_the_plain_heads_loss_and_gradients(options):
     batch = make_batch()
     fused = make_model(options)
@@ -157,6 +157,14 @@ def test_loss_finite_and_every_trainable_parameter_gets_a_gradient(options):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
     assert model.extras.aux_head.weight.grad.abs().sum() > 0
+
+
+def test_pointwise_aux_heads_option():
+    model = make_model({"aux_kernel_size": 1})
+    assert model.extras.aux_head.kernel_size == (1, 1, 1) and model.extras.aux_head.out_channels == 2 * N
+    assert make_model({}).extras.aux_head.kernel_size == model.net.head.kernel_size  # default: as the MSH
+    with pytest.raises(PartialsegError, match="aux_kernel_size"):
+        TCT(SPACE, {"aux_kernel_size": 2})
 
 
 def test_without_consistency_and_weighting_the_loss_is_main_plus_aux_dice():

@@ -67,6 +67,9 @@ class TCTOptions:
             Dice-only ``L_main``). Not in the paper: with a Dice-only loss, a class whose softmax
             saturates near 0 early gets almost no gradient and never appears; at the CPU presets'
             learning rate (3e-3, 30x the paper's) that happened to 7 of 15 organs (README, Results).
+        aux_kernel_size: kernel of the ATH conv: 0 = the MSH's (the paper's heads are alike; 3 for
+            the Table-6 U-Net), 1 = a pointwise conv, which takes the ATHs' cost from about a
+            quarter of a training step to almost nothing (README, "Other measurements").
     """
 
     lam: float = 1.0
@@ -78,6 +81,7 @@ class TCTOptions:
     filtering: bool = True
     consistency: bool = True
     main_ce_weight: float = 0.0
+    aux_kernel_size: int = 0
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, expected: str) -> PartialsegError:
@@ -109,6 +113,8 @@ class TCTOptions:
             raise bad("consistency_classes", self.consistency_classes, f"one of {list(L.CONSISTENCY_CLASSES)}")
         if self.weighting not in WEIGHTINGS:
             raise bad("weighting", self.weighting, f"one of {list(WEIGHTINGS)}")
+        if isinstance(self.aux_kernel_size, bool) or self.aux_kernel_size not in (0, 1, 3):
+            raise bad("aux_kernel_size", self.aux_kernel_size, "0 (as the main head), 1 or 3")
         for name in ("stop_grad_aux", "filtering", "consistency"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, getattr(self, name), "true or false")
@@ -121,10 +127,13 @@ class TCTExtras(nn.Module):
     UWL, None for ``weighting="none"``.
     """
 
-    def __init__(self, net: nn.Module, num_classes: int, weighting: str) -> None:
+    def __init__(self, net: nn.Module, num_classes: int, weighting: str, kernel_size: int = 0) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.aux_head = net.make_head(2 * num_classes)
+        if kernel_size:
+            self.aux_head = nn.Conv3d(net.feature_channels, 2 * num_classes, kernel_size, padding=kernel_size // 2)
+        else:
+            self.aux_head = net.make_head(2 * num_classes)
         n_vars = {"uauwl": 2, "uwl": num_classes + 1, "none": 0}[weighting]
         # no parameter at all without weighting: an unused (even empty) one would trip DDP
         self.log_vars = nn.Parameter(torch.zeros(n_vars)) if n_vars else None
@@ -157,7 +166,7 @@ class TCT(Method):
     options_cls = TCTOptions
 
     def build_extras(self, net: nn.Module) -> nn.Module:
-        return TCTExtras(net, self.label_space.num_classes, self.options.weighting)
+        return TCTExtras(net, self.label_space.num_classes, self.options.weighting, self.options.aux_kernel_size)
 
     # -- heads -------------------------------------------------------------------------------
     def heads(self, net: nn.Module, extras: TCTExtras, f: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,13 +186,19 @@ class TCT(Method):
           ``make_head(2 * N)`` conv, and both of each ATH's filters get exactly the gradients
           that the plain ``(B, N, 2, ...)`` computation gives them (opposite signs).
 
-        A network whose head is not a plain Conv3d of the same shape gets the plain calls
-        ``net.head(f)``, ``extras.aux_logits(f)``.
+        An ATH conv of another shape (``aux_kernel_size=1``) runs on its own, with the N difference
+        filters; a network whose head is not a plain Conv3d gets the plain calls ``net.head(f)``,
+        ``extras.aux_logits(f)``.
         """
         head, aux = net.head, extras.aux_head
-        if not _same_conv(head, aux):
-            return net.head(f), extras.aux_logits(f)
         n = extras.num_classes
+        if not _same_conv(head, aux):
+            if type(aux) is not nn.Conv3d or aux.groups != 1:
+                return net.head(f), extras.aux_logits(f)
+            w = aux.weight[1::2] - aux.weight[0::2]
+            b = None if aux.bias is None else aux.bias[1::2] - aux.bias[0::2]
+            diff = F.conv3d(f, w, b, aux.stride, aux.padding, aux.dilation)
+            return net.head(f), diff.unsqueeze(2)
         weight = torch.cat([head.weight, aux.weight[1::2] - aux.weight[0::2]], dim=0)
         bias = None if head.bias is None else torch.cat([head.bias, aux.bias[1::2] - aux.bias[0::2]], dim=0)
         out = F.conv3d(f, weight, bias, head.stride, head.padding, head.dilation)
