@@ -16,6 +16,7 @@ from partialseg.generalist.boxnet import (
     MODEL_FILE,
     BoxNetCase,
     BoxNetConfig,
+    _sample,
     _window,
     boxnet_input,
     prompt_channels,
@@ -43,6 +44,14 @@ def test_prompt_channels_rectangles_and_spanned_box():
     expect_box[1:4, 1:6, 2:6] = True
     np.testing.assert_array_equal(ch[1] > 0, expect_box)
     assert not prompt_channels((3, 3, 3), []).any()
+    # a window that misses the sagittal prompt's slice: its rectangle is gone, the 3D box is not
+    ch = prompt_channels((4, 7, 8), [axial, sagittal], origin=(3, 0, 0))
+    expect_rect = np.zeros((4, 7, 8), bool)
+    expect_rect[0, 2:5, 3] = True  # the axial box's x = 3 column, in window coordinates x = 0
+    np.testing.assert_array_equal(ch[0] > 0, expect_rect)
+    expect_box = np.zeros((4, 7, 8), bool)
+    expect_box[0:1, 1:6, 2:6] = True  # x 1..3 -> window 0..0; z 2..5 still from the sagittal prompt
+    np.testing.assert_array_equal(ch[1] > 0, expect_box)
 
 
 def test_window_is_centred_and_grows_to_a_multiple_of_16():
@@ -52,6 +61,18 @@ def test_window_is_centred_and_grows_to_a_multiple_of_16():
     # a 40-voxel box plus the 4-voxel margin on each side needs 48; 60 needs 80 (> the 48 asked)
     _, size = _window((0, 0, 0), (60, 40, 10), (48, 48, 32))
     assert size == [80, 48, 32]
+
+
+def test_training_window_is_centred_on_a_box_larger_than_the_crop():
+    lab = np.zeros((20, 20, 80), np.uint8)
+    lab[6:14, 6:14, 10:70] = 1  # 60 slices long, the crop is 32
+    case = BoxNetCase(np.zeros(lab.shape, np.float32), lab, frozenset({0, 1}))
+    cfg = BoxNetConfig(crop_size=(32, 32, 32), padding=0, box_jitter=0, shift=0)
+    x, y = _sample([case], {1: [0]}, cfg, np.random.default_rng(0))
+    assert x.shape == (3, 32, 32, 32) and y.shape == (32, 32, 32)
+    # centred on z 10..69 (centre 40): the crop is z 24..55, the organ fills it end to end
+    assert y[:, :, 0].any() and y[:, :, -1].any()
+    assert x[2].any(axis=(0, 1)).all()  # the spanned box covers every slice of the crop
 
 
 def test_input_pads_with_air_outside_the_image():
@@ -131,6 +152,30 @@ def test_generalist_contract(tmp_path):
         g.segment(case.image, (4.0, 2.5, 3.0), prompts)
     with pytest.raises(InputError, match=MODEL_FILE):
         build_generalist("boxnet", model_folder=tmp_path / "empty")
+    # a model trained with other settings is refused, not silently reused
+    with pytest.raises(InputError, match="other settings"):
+        train_boxnet(_cube_cases(), tmp_path / "m", SPACING, _tiny(lr=1e-2), device="cpu", progress=False)
+    with pytest.raises(InputError, match="other settings"):
+        train_boxnet(_cube_cases(), tmp_path / "m", (1.0, 1.0, 1.0), _tiny(), device="cpu", progress=False)
+
+
+class _BoxIsTheObject(torch.nn.Module):
+    """A stand-in network whose object logit is the spanned-box channel: the mask must be that box."""
+
+    def forward(self, x):
+        return torch.stack([-x[:, 2], x[:, 2]], dim=1) * 10
+
+
+def test_mask_is_pasted_back_where_the_window_was(tmp_path):
+    model = train_boxnet(_cube_cases(), tmp_path / "m", SPACING, _tiny(), device="cpu", progress=False)
+    g = build_generalist("boxnet", model_folder=model.parent, device="cpu")
+    g.net = _BoxIsTheObject()
+    img = np.zeros((40, 30, 20), np.float32)
+    prompts = [BoxPrompt(2, 12, (25, 3, 12), (37, 11, 13)), BoxPrompt(0, 30, (30, 2, 9), (31, 12, 18))]
+    mask = g.segment(img, SPACING, prompts)
+    expect = np.zeros(img.shape, bool)
+    expect[25:37, 2:12, 9:18] = True  # prompts_bbox, near the image's x border
+    np.testing.assert_array_equal(mask, expect)
 
 
 def test_training_options_are_checked_with_the_ipnp_options():

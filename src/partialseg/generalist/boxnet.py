@@ -30,7 +30,7 @@ import io
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -96,25 +96,35 @@ class BoxNetCase:
     label: np.ndarray
     annotated: frozenset[int]
     case_id: str = ""
-    organs: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # filled by train_boxnet
 
 
 # -- input encoding -------------------------------------------------------------------------------
-def prompt_channels(shape: Sequence[int], prompts: Sequence[BoxPrompt]) -> np.ndarray:
-    """``(2, *shape)`` float32: the prompt rectangles, and the 3D box they span (module docstring)."""
+def prompt_channels(shape: Sequence[int], prompts: Sequence[BoxPrompt], origin: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """``(2, *shape)`` float32 for the window at ``origin``: the prompt rectangles, and the 3D box they span.
+
+    Both are computed in image coordinates, then shifted by ``origin`` and clipped to the window, so a
+    prompt whose slice lies outside the window still shapes the 3D box.
+    """
     out = np.zeros((2, *(int(s) for s in shape)), np.float32)
-    for p in prompts:
+    if not prompts:
+        return out
+    for p in _in_window(prompts, origin, shape):
         out[(0, *p.slices)] = 1.0
-    if prompts:
-        lo, hi = prompts_bbox(prompts)
-        out[(1, *(slice(a, b) for a, b in zip(lo, hi)))] = 1.0
+    lo, hi = prompts_bbox(prompts)
+    box = tuple(slice(max(a - o, 0), max(min(b - o, n), 0)) for a, b, o, n in zip(lo, hi, origin, shape))
+    out[(1, *box)] = 1.0
     return out
 
 
 def _window(lo: Sequence[int], hi: Sequence[int], crop: Sequence[int], margin: int = 4,
-            offset: Sequence[int] = (0, 0, 0)) -> tuple[list[int], list[int]]:
-    """Origin and size of the input window around the box ``[lo, hi)`` (may reach outside the image)."""
-    size = [max(c, math.ceil((h - l + 2 * margin) / _DIVISOR) * _DIVISOR) for l, h, c in zip(lo, hi, crop)]
+            offset: Sequence[int] = (0, 0, 0), grow: bool = True) -> tuple[list[int], list[int]]:
+    """Origin and size of the input window centred on the box ``[lo, hi)`` (may reach outside the image).
+
+    ``grow``: enlarge the window past ``crop`` to hold the box plus ``margin`` (inference); without it
+    the window is exactly ``crop`` (training batches need one size) and a larger box is seen in part.
+    """
+    size = [max(c, math.ceil((h - l + 2 * margin) / _DIVISOR) * _DIVISOR) if grow else int(c)
+            for l, h, c in zip(lo, hi, crop)]
     origin = [(l + h) // 2 - s // 2 + o for l, h, s, o in zip(lo, hi, size, offset)]
     return origin, size
 
@@ -127,7 +137,7 @@ def boxnet_input(image_hu: np.ndarray, prompts: Sequence[BoxPrompt], origin: Seq
     lo, hi = float(hu_window[0]), float(hu_window[1])
     img = crop_with_padding(np.asarray(image_hu, dtype=np.float32), origin, size, pad_value=-1000.0)
     img = (np.clip(img, lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
-    boxes = prompt_channels(size, _in_window(prompts, origin, size))
+    boxes = prompt_channels(size, prompts, origin)
     return np.concatenate([img[None].astype(np.float32), boxes], axis=0)
 
 
@@ -175,11 +185,25 @@ def _sample(cases: Sequence[BoxNetCase], by_organ: dict[int, list[int]], cfg: Bo
     prompts = _jittered_prompts(mask, cfg, rng)
     lo, hi = prompts_bbox(prompts)
     offset = [int(rng.integers(-cfg.shift, cfg.shift + 1)) for _ in range(3)]
-    origin, _ = _window(lo, hi, cfg.crop_size, offset=offset)
-    size = list(cfg.crop_size)  # training batches need one size; a larger box is seen in part
+    origin, size = _window(lo, hi, cfg.crop_size, offset=offset, grow=False)
     x = boxnet_input(case.image, prompts, origin, size, cfg.hu_window)
     y = crop_with_padding(mask.astype(np.int64), origin, size, pad_value=0)
     return x, y
+
+
+def existing_boxnet(out: str | Path, cfg: BoxNetConfig, spacing: Sequence[float]) -> Path | None:
+    """``out/boxnet.pt`` if it exists and was trained with ``cfg`` at ``spacing``; None if absent; else an error."""
+    from partialseg.training import checkpoint as ckpt
+
+    f = Path(out) / MODEL_FILE
+    if not f.exists():
+        return None
+    saved = ckpt.load(f)
+    same_spacing = np.allclose(saved.get("spacing", []), [float(s) for s in spacing], rtol=1e-4) if len(saved.get("spacing", [])) == 3 else False
+    if saved.get("config") != asdict(cfg) or not same_spacing:
+        raise InputError(f, "this boxnet was trained with other settings or at another spacing; "
+                         "delete its folder to train a new one")
+    return f
 
 
 def train_boxnet(
@@ -198,7 +222,7 @@ def train_boxnet(
     ``spacing``: the cases' voxel spacing (mm), saved with the model. Writes ``log.csv`` and
     ``curves.png``; a killed training resumes from ``out/checkpoint.pt`` (every ``checkpoint_every``
     steps) and reaches the same weights as an uninterrupted one on CPU in float32. An existing
-    ``boxnet.pt`` is returned as is.
+    ``boxnet.pt`` trained with the same settings and spacing is returned as is (another is refused).
     """
     import torch
     from tqdm.auto import tqdm
@@ -211,9 +235,10 @@ def train_boxnet(
 
     cfg = cfg or BoxNetConfig()
     out = Path(out)
-    model_file = out / MODEL_FILE
-    if model_file.exists():
+    model_file = existing_boxnet(out, cfg, spacing)
+    if model_file is not None:
         return model_file
+    model_file = out / MODEL_FILE
     by_organ: dict[int, list[int]] = {}
     for i, c in enumerate(cases):
         present = set(np.unique(np.asarray(c.label)).tolist())
@@ -224,8 +249,9 @@ def train_boxnet(
         raise PartialsegError("boxnet: no annotated organ in the training cases (nothing to learn boxes from)")
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
-    torch.manual_seed(cfg.seed)
-    net = _build_net(cfg.base_channels).to(dev)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        net = _build_net(cfg.base_channels).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=3e-5)
     step, rows = 0, []
     if (out / _CHECKPOINT).exists():
@@ -272,7 +298,7 @@ def train_boxnet(
     write_json_atomic({"organs": {str(k): len(v) for k, v in by_organ.items()}, "cases": len(cases)},
                       out / "training_data.json")
     ckpt.save_atomic({"kind": "partialseg-boxnet", "state_dict": net.state_dict(), "config": asdict(cfg),
-                      "spacing": [float(s) for s in spacing]}, model_file)
+                      "spacing": [float(s) for s in spacing], "amp": bool(amp)}, model_file)
     (out / _CHECKPOINT).unlink(missing_ok=True)
     return model_file
 
@@ -287,6 +313,8 @@ class BoxNetGeneralist(Generalist):
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         threshold: object probability above which a voxel is in the mask.
         spacing_tolerance: relative spacing difference accepted against the training spacing.
+        amp_cpu: bf16 autocast on CPUs with native bf16 (on CUDA bf16 is used when the model was
+            trained with it).
     """
 
     name = "boxnet"
@@ -312,6 +340,7 @@ class BoxNetGeneralist(Generalist):
         self.threshold = float(threshold)
         self.spacing_tolerance = float(spacing_tolerance)
         self.amp_cpu = bool(amp_cpu)
+        self.amp = bool(saved.get("amp", True))
         self.net = _build_net(self.cfg.base_channels).to(self.device).eval()
         self.net.load_state_dict(saved["state_dict"])
         self._torch = torch
@@ -322,23 +351,23 @@ class BoxNetGeneralist(Generalist):
         from partialseg.inference.sliding_window import autocast_context
 
         arr = self._check(image, spacing, prompts)
-        if not prompts:
-            return np.zeros(arr.shape, bool)
         rel = max(abs(float(a) - b) / b for a, b in zip(spacing, self.spacing))
         if rel > self.spacing_tolerance:
             raise InputError(None, f"boxnet was trained at spacing {self.spacing} mm; this image has "
                              f"{tuple(float(s) for s in spacing)} (resample it, or train boxnet on data at this spacing)")
+        if not prompts:
+            return np.zeros(arr.shape, bool)
         lo, hi = prompts_bbox(prompts)
         origin, size = _window(lo, hi, self.cfg.crop_size)
         x = self._torch.from_numpy(boxnet_input(arr, prompts, origin, size, self.cfg.hu_window)[None]).to(self.device)
-        with self._torch.no_grad(), autocast_context(self.device, True, self.amp_cpu):
+        with self._torch.no_grad(), autocast_context(self.device, self.amp, self.amp_cpu):
             prob = self._torch.softmax(self.net(x).float(), dim=1)[0, 1].cpu().numpy()
         crop = prob > self.threshold
         if crop.any():
             # the object is one piece: keep the component that overlaps the prompt rectangles most
             lab, n = ndimage.label(crop)
             if n > 1:
-                rect = prompt_channels(size, _in_window(prompts, origin, size))[0] > 0
+                rect = prompt_channels(size, prompts, origin)[0] > 0
                 hits = np.bincount(lab[rect], minlength=n + 1)[1:]
                 sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
                 best = int(np.argmax(hits)) + 1 if hits.any() else int(np.argmax(sizes)) + 1

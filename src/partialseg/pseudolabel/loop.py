@@ -326,10 +326,14 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
 
 def _train_boxnet(out: Path, r0: Path, prepared: Any, cfg: ExperimentConfig, opts: Any, progress: bool) -> Path:
     """The ``boxnet`` generalist, trained on the annotations of round 0's training cases (not its validation ones)."""
-    from partialseg.generalist.boxnet import BoxNetCase, BoxNetConfig, train_boxnet
+    from partialseg.generalist.boxnet import BoxNetCase, BoxNetConfig, existing_boxnet, train_boxnet
     from partialseg.training.trainer import load_train_cases
 
     bcfg = BoxNetConfig.from_options({"padding": opts.padding, "seed": cfg.train.seed, **opts.generalist_training})
+    done = existing_boxnet(out, bcfg, prepared.config.spacing)
+    if done is not None:  # a resumed run: no need to load the cases
+        return done
+    # HU copies of the training cases in memory (~14 MB per 192x192x100 case)
     ids = json.loads((r0 / "split.json").read_text())["train"]
     cases = [BoxNetCase(hounsfield(c.image, prepared.config, prepared.stats), np.asarray(c.label), c.annotated, c.case_id)
              for c in load_train_cases(prepared, ids)]
@@ -374,8 +378,9 @@ def _organ_gate(pseudo_dir: Path, train_cases: list, case_probs: Any, prepared: 
                 space: Any, progress: bool) -> dict[int, str | None]:
     """``pseudo_source="auto"``: choose each organ's source on the cases that annotate it.
 
-    The evidence is optimistic (the specialist was trained on these very annotations), so it ranks
-    the sources and rejects organs that fail even there; it does not estimate the pseudo-labels' DSC.
+    The evidence is optimistic (the specialist was trained on these very annotations, and so was a
+    ``boxnet`` generalist; the weight-free ones were not, which favours the trained sources), so it
+    ranks the sources and rejects organs that fail even there; it does not estimate the pseudo-labels' DSC.
     Saved to ``sources.json`` (a resumed round reuses it).
     """
     from tqdm.auto import tqdm
