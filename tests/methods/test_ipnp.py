@@ -1,6 +1,8 @@
 """IPnP: one case's pseudo-labelling with the real default generalist, and a 2-round CLI run."""
 
 import json
+from pathlib import Path
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -183,3 +185,9 @@ def test_round_0_adopted_from_a_marginal_run(tmp_path, small_space):
     # a specialist trained with other settings is refused, naming the run and the section
     r = train(tmp_path / "ipnp_bad", "ipnp", "train.steps=3", *ipnp_opts)
     assert r.exit_code != 0 and "other settings" in r.output and "train" in r.output
+    # the prepared cache came along: the IPnP run survives the adopted run's deletion
+    split = json.loads((r0 / "split.json").read_text())
+    assert Path(split["prepared"]) == (r0 / "prepared").resolve() and (r0 / "prepared" / "prepared.json").exists()
+    shutil.rmtree(tmp_path / "marginal")
+    r = CliRunner().invoke(app, ["train", str(ds), "--out", str(tmp_path / "ipnp"), "--resume"])
+    assert r.exit_code == 0, r.output

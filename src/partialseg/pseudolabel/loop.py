@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -345,7 +346,8 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     """Use a finished run as round 0: round 0 *is* a marginal-loss training on the partial labels.
 
     The run must be a ``marginal`` or ``ipnp`` run on the same dataset whose network, data, optimiser,
-    augmentation and training settings equal ``cfg``'s; its files are copied (never moved) into ``r0``.
+    augmentation and training settings equal ``cfg``'s; its files and its prepared cache are copied
+    (the cache hard-linked where possible; nothing is moved) into ``r0``.
     """
     from partialseg.errors import InputError
     from partialseg.training import checkpoint as ckpt
@@ -365,8 +367,24 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     if prepared_from is not None and Path(prepared_from).resolve() != Path(dataset).resolve():
         raise InputError(source, f"specialist_run was trained on {prepared_from}, not on {dataset}")
     r0.mkdir(parents=True, exist_ok=True)
+    # The prepared cache too (hard links where the filesystem allows): the IPnP run must not break
+    # when the adopted run's folder is deleted.
+    prepared = r0 / "prepared"
+    if not prepared.exists():
+        tmp_dir = r0 / ".prepared.tmp"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir()
+        for f in sorted(Path(split["prepared"]).iterdir()):
+            if f.is_file():
+                try:
+                    os.link(f, tmp_dir / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp_dir / f.name)
+        tmp_dir.replace(prepared)
+    split["prepared"] = str(prepared.resolve())
+    write_json_atomic(split, r0 / "split.json")
     # model.pt last: its presence marks round 0 as done
-    for name in ("split.json", "config.yaml", "log.csv", "curves.png", ckpt.MODEL_FILE):
+    for name in ("config.yaml", "log.csv", "curves.png", ckpt.MODEL_FILE):
         if (source / name).exists():
             tmp = r0 / f".{name}.tmp"
             shutil.copyfile(source / name, tmp)
