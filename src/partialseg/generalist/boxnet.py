@@ -25,8 +25,6 @@ The model is only valid at the voxel spacing it was trained at (``segment`` refu
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -181,13 +179,14 @@ def _sample(cases: Sequence[BoxNetCase], by_organ: dict[int, list[int]], cfg: Bo
     organs = sorted(by_organ)
     k = organs[int(rng.integers(len(organs)))]
     case = cases[by_organ[k][int(rng.integers(len(by_organ[k])))]]
-    mask = np.asarray(case.label) == k
-    prompts = _jittered_prompts(mask, cfg, rng)
+    label = np.asarray(case.label)
+    prompts = _jittered_prompts(label == k, cfg, rng)
     lo, hi = prompts_bbox(prompts)
     offset = [int(rng.integers(-cfg.shift, cfg.shift + 1)) for _ in range(3)]
     origin, size = _window(lo, hi, cfg.crop_size, offset=offset, grow=False)
     x = boxnet_input(case.image, prompts, origin, size, cfg.hu_window)
-    y = crop_with_padding(mask.astype(np.int64), origin, size, pad_value=0)
+    # crop first: the target needs the window only, not a whole-volume int64 copy (k > 0, so padding is background)
+    y = (crop_with_padding(label, origin, size, pad_value=0) == k).astype(np.int64)
     return x, y
 
 
@@ -228,10 +227,10 @@ def train_boxnet(
     from tqdm.auto import tqdm
 
     from partialseg.inference.sliding_window import autocast_context
-    from partialseg.io import write_json_atomic, write_text_atomic
+    from partialseg.io import write_json_atomic
     from partialseg.training import checkpoint as ckpt
     from partialseg.training import losses as L
-    from partialseg.training.trainer import lr_at, plot_curves, resolve_device
+    from partialseg.training.trainer import lr_at, plot_curves, resolve_device, write_log
 
     cfg = cfg or BoxNetConfig()
     out = Path(out)
@@ -289,11 +288,7 @@ def train_boxnet(
             ckpt.save_atomic({"state_dict": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                               "rows": rows, "config": asdict(cfg)}, out / _CHECKPOINT)
     bar.close()
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["step", "loss", "lr"])
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(buf.getvalue(), out / "log.csv")
+    write_log(rows, out)
     plot_curves(rows, out / "curves.png", title="boxnet generalist")
     write_json_atomic({"organs": {str(k): len(v) for k, v in by_organ.items()}, "cases": len(cases)},
                       out / "training_data.json")

@@ -192,15 +192,15 @@ class TCT(Method):
         """
         head, aux = net.head, extras.aux_head
         n = extras.num_classes
+        if type(aux) is not nn.Conv3d or aux.groups != 1:
+            return net.head(f), extras.aux_logits(f)
+        diff_w = aux.weight[1::2] - aux.weight[0::2]
+        diff_b = None if aux.bias is None else aux.bias[1::2] - aux.bias[0::2]
         if not _same_conv(head, aux):
-            if type(aux) is not nn.Conv3d or aux.groups != 1:
-                return net.head(f), extras.aux_logits(f)
-            w = aux.weight[1::2] - aux.weight[0::2]
-            b = None if aux.bias is None else aux.bias[1::2] - aux.bias[0::2]
-            diff = F.conv3d(f, w, b, aux.stride, aux.padding, aux.dilation)
+            diff = F.conv3d(f, diff_w, diff_b, aux.stride, aux.padding, aux.dilation)
             return net.head(f), diff.unsqueeze(2)
-        weight = torch.cat([head.weight, aux.weight[1::2] - aux.weight[0::2]], dim=0)
-        bias = None if head.bias is None else torch.cat([head.bias, aux.bias[1::2] - aux.bias[0::2]], dim=0)
+        weight = torch.cat([head.weight, diff_w], dim=0)
+        bias = None if head.bias is None else torch.cat([head.bias, diff_b], dim=0)
         out = F.conv3d(f, weight, bias, head.stride, head.padding, head.dilation)
         logits, diff = out.split([head.out_channels, n], dim=1)
         # softmax/log-softmax would each copy the strided slice; the difference is only used

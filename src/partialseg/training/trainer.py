@@ -162,7 +162,8 @@ def validate(
     return out
 
 
-def _write_log(rows: list[dict[str, Any]], run: Path) -> None:
+def write_log(rows: list[dict[str, Any]], run: Path) -> None:
+    """``run/log.csv`` (atomic) from per-step rows; the columns are the union of the rows' keys."""
     keys: list[str] = []
     for r in rows:
         keys.extend(k for k in r if k not in keys)
@@ -405,7 +406,7 @@ def train(
                 if rank == 0:
                     ckpt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
                                       "step": state.step, "rows": state.rows, "config": cfg.to_dict()}, ck_path)
-                    _write_log(state.rows, run)
+                    write_log(state.rows, run)
             if bar is not None:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val": f"{row['val_dsc_mean']:.3f}"} if "val_dsc_mean" in row else {}))
                 bar.update(1)
@@ -417,7 +418,7 @@ def train(
 
     model_path = run / ckpt.MODEL_FILE
     if rank == 0:
-        _write_log(state.rows, run)
+        write_log(state.rows, run)
         plot_curves(state.rows, run / "curves.png", title=f"{method.name} on {dataset.name}")
         ckpt.save_atomic(
             {
