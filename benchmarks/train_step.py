@@ -26,6 +26,7 @@ the work itself: with two threads, waiting for a descheduled thread dominates wa
     python benchmarks/train_step.py                                   # CPU, small config, wall clock
     python benchmarks/train_step.py --threads 1 --clock cpu --naive   # stable on a busy machine
     python benchmarks/train_step.py --device cuda --amp --patch 192 192 64 --batch 4 --base-channels 16
+    python benchmarks/train_step.py --threads 1 --clock cpu --network dynunet   # nnU-Net-style, 1x1x1 heads
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
+import yaml
 from torch import Tensor, nn
 
 from partialseg.labels import LabelSpace
@@ -110,7 +114,13 @@ def make_batch(space: LabelSpace, batch: int, patch: tuple[int, int, int], devic
 
 def build_runner(name: str, method: Method, args: argparse.Namespace, device: torch.device) -> Runner:
     torch.manual_seed(0)
-    net = build_network(args.network, 1, method.output_channels(), base_channels=args.base_channels)
+    options: dict[str, Any] = {"base_channels": args.base_channels}
+    if args.network == "dynunet":  # it plans its kernels and strides from the patch
+        options["patch_size"] = tuple(args.patch)
+    for item in args.net_option:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
+    net = build_network(args.network, 1, method.output_channels(), **options)
     model = TrainingModel(net, method).to(device)
     model.train()
     return Runner(name, model, torch.optim.Adam(model.parameters(), lr=1e-4), [])
@@ -140,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--base-channels", type=int, default=8)
     ap.add_argument("--network", default="unet_tct")
+    ap.add_argument("--net-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="network option, e.g. head_kernel_size=1 (unet_tct), repeatable")
     ap.add_argument("--organs", type=int, default=15, help="N, the first N AMOS organs")
     ap.add_argument("--steps", type=int, default=12, help="timed steps per method (median over them)")
     ap.add_argument("--warmup", type=int, default=2)

@@ -191,3 +191,26 @@ def test_round_0_adopted_from_a_marginal_run(tmp_path, small_space):
     shutil.rmtree(tmp_path / "marginal")
     r = CliRunner().invoke(app, ["train", str(ds), "--out", str(tmp_path / "ipnp"), "--resume"])
     assert r.exit_code == 0, r.output
+
+
+def test_vls_background_option_reaches_the_loss(small_space):
+    import torch
+    from torch import nn
+
+    from partialseg.methods import Batch, StepContext
+    from partialseg.methods.ipnp import IPnP
+
+    class Fixed(nn.Module):  # logits that predict class 2 on the first half of the voxels
+        def forward(self, x):
+            logits = torch.zeros(1, 3, 4, 4, 2)
+            logits[:, 2, :2] = 5.0
+            return logits
+
+    target = torch.zeros(1, 4, 4, 2, dtype=torch.long)
+    target[:, 3] = 2  # the pseudo-label of class 2 misses the voxels the network gives it
+    batch = Batch(torch.zeros(1, 1, 4, 4, 2), target, torch.tensor([[True, False, True]]),
+                  torch.tensor([[False, False, True]]))
+    losses = {bg: IPnP(small_space, {"vls_background": bg}).loss(Fixed(), None, batch, StepContext(0, 1))[0].item()
+              for bg in (False, True)}
+    # dropping the contradicted background voxels removes most of what the loss penalises
+    assert losses[True] < losses[False]

@@ -378,6 +378,23 @@ def test_vls_voxel_mask_and_its_use_in_marginal_loss():
     assert masked.item() == pytest.approx(cropped.item(), abs=1e-6)
 
 
+def test_vls_background_drops_background_voxels_predicted_as_a_pseudo_class():
+    # class 1 annotated, class 2 pseudo-labelled, class 3 still unannotated
+    target = t([[0, 0, 0, 0, 2, 1]], torch.int64)
+    pred = t([[0, 2, 1, 3, 1, 2]], torch.int64)
+    pseudo = t([[False, False, True, False]], torch.bool)
+    # paper VLS: only the pseudo voxel predicted otherwise (index 4) is dropped
+    assert vls_voxel_mask(target, pred, pseudo).tolist() == [[1.0, 1.0, 1.0, 1.0, 0.0, 1.0]]
+    # background predicted as the pseudo class 2 (index 1) is dropped too; background predicted as the
+    # annotated class 1 or the unannotated class 3, and the annotated voxel, stay supervised
+    m = vls_voxel_mask(target, pred, pseudo, background=True)
+    assert m.tolist() == [[1.0, 0.0, 1.0, 1.0, 0.0, 1.0]]
+    # per sample: the same voxel is kept in a sample where class 2 is not pseudo-labelled
+    two = vls_voxel_mask(target.repeat(2, 1), pred.repeat(2, 1), t([[False, False, True, False], [False] * 4], torch.bool),
+                         background=True)
+    assert two[1].tolist() == [1.0] * 6
+
+
 # ---- numerics ---------------------------------------------------------------------------------------
 def _all_losses(logits: torch.Tensor, aux: torch.Tensor, target: torch.Tensor, ann: torch.Tensor) -> dict[str, torch.Tensor]:
     return {

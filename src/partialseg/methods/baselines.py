@@ -11,11 +11,11 @@ from partialseg.methods.base import Batch, Method, StepContext, register
 from partialseg.training import losses as L
 
 
-def _voxel_mask(logits: Tensor, batch: Batch) -> Tensor | None:
+def _voxel_mask(logits: Tensor, batch: Batch, *, background: bool = False) -> Tensor | None:
     """IPnP's VLS mask when the batch carries pseudo-labels (methods.md, "VLS"), else None."""
     if batch.pseudo is None or not bool(batch.pseudo.any()):
         return None
-    return L.vls_voxel_mask(batch.target, logits.argmax(1), batch.pseudo)
+    return L.vls_voxel_mask(batch.target, logits.argmax(1), batch.pseudo, background=background)
 
 
 @register
@@ -33,6 +33,8 @@ class MarginalOptions:
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     vls: bool = True  # apply the VLS mask on pseudo-labelled voxels (IPnP); no effect without pseudo-labels
+    #: VLS also drops background voxels predicted as a pseudo-labelled class (losses.vls_voxel_mask)
+    vls_background: bool = False
 
 
 @register
@@ -42,7 +44,7 @@ class Marginal(Method):
 
     def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         logits = net(batch.image)
-        mask = _voxel_mask(logits, batch) if self.options.vls else None
+        mask = _voxel_mask(logits, batch, background=self.options.vls_background) if self.options.vls else None
         loss = L.marginal_loss(
             logits, batch.target, batch.annotated, voxel_mask=mask,
             ce_weight=self.options.ce_weight, dice_weight=self.options.dice_weight,

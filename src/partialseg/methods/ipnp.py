@@ -13,11 +13,14 @@ from typing import Any
 from partialseg.config import ExperimentConfig
 from partialseg.errors import PartialsegError
 from partialseg.methods.base import register
-from partialseg.methods.baselines import Marginal
+from partialseg.methods.baselines import Marginal, MarginalOptions
 
 
 @dataclass
-class IPnPOptions:
+class IPnPOptions(MarginalOptions):
+    """The loss options (``ce_weight``, ``dice_weight``, ``vls``: False = the paper's "without VLS"
+    ablation, ``vls_background``) are ``MarginalOptions``'."""
+
     rounds: int = 2  # pseudo-labelling rounds after round 0
     #: a finished marginal (or ipnp) run on the same dataset with the same settings to use as round 0
     #: instead of training it again ("" = train round 0)
@@ -41,9 +44,6 @@ class IPnPOptions:
     min_organ_dsc: float = 0.5  # the "auto" gate's threshold (mean DSC on the annotating cases)
     prompt_high_confidence: bool = False  # prompt from {argmax = k and p_k ≥ τ} instead of {argmax = k}
     largest_component: bool = True  # prompt from the largest connected component only
-    vls: bool = True  # voxel-level selection loss (False = the paper's "without VLS" ablation)
-    ce_weight: float = 1.0
-    dice_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

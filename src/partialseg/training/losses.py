@@ -678,7 +678,7 @@ def rampup_weight(step: float, total: float, lam: float, rampup_fraction: float)
 
 
 # ---- IPnP ----------------------------------------------------------------------------------
-def vls_voxel_mask(target: Tensor, pred: Tensor, pseudo_classes: Tensor) -> Tensor:
+def vls_voxel_mask(target: Tensor, pred: Tensor, pseudo_classes: Tensor, *, background: bool = False) -> Tensor:
     """IPnP voxel-level selection mask (Eq. 4), ``(B, *spatial)`` float32.
 
     ``m_v = 0`` where the target is a pseudo-labelled class of the sample (``y_v in P``) and
@@ -688,6 +688,12 @@ def vls_voxel_mask(target: Tensor, pred: Tensor, pseudo_classes: Tensor) -> Tens
     :func:`marginal_loss` with ``annotated = Phi ∪ P`` (classes still unannotated stay
     marginalised).
 
+    ``background=True`` (our extension, methods.md "VLS"): also ``m_v = 0`` where the target is
+    background and the prediction is a class of P. Once organ k is pseudo-labelled, a background
+    voxel no longer says "background or an unannotated organ" but "not k", and that claim comes
+    from the pseudo-label too: a pseudo-label that misses part of the organ would otherwise teach
+    the missed voxels as background at full weight.
+
     Args:
         target: ``(B, *spatial)`` int, annotations + pseudo-labels.
         pred: ``(B, *spatial)`` int, the specialist's argmax label map.
@@ -696,7 +702,10 @@ def vls_voxel_mask(target: Tensor, pred: Tensor, pseudo_classes: Tensor) -> Tens
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {tuple(pred.shape)} must equal target shape {tuple(target.shape)}")
     target = target.long()
+    pred = pred.to(target.device).long()
     pseudo = pseudo_classes.bool().to(target.device).clone()
     pseudo[:, 0] = False
-    unreliable = _lookup(pseudo, target) & (pred.to(target.device).long() != target)
+    unreliable = _lookup(pseudo, target) & (pred != target)
+    if background:
+        unreliable |= (target == 0) & _lookup(pseudo, pred)
     return (~unreliable).to(torch.float32)
