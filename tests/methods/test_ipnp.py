@@ -193,7 +193,7 @@ def test_round_0_adopted_from_a_marginal_run(tmp_path, small_space):
     assert r.exit_code == 0, r.output
 
 
-def test_vls_background_option_reaches_the_loss(small_space):
+def test_pseudo_background_option_reaches_the_loss(small_space):
     import torch
     from torch import nn
 
@@ -210,7 +210,10 @@ def test_vls_background_option_reaches_the_loss(small_space):
     target[:, 3] = 2  # the pseudo-label of class 2 misses the voxels the network gives it
     batch = Batch(torch.zeros(1, 1, 4, 4, 2), target, torch.tensor([[True, False, True]]),
                   torch.tensor([[False, False, True]]))
-    losses = {bg: IPnP(small_space, {"vls_background": bg}).loss(Fixed(), None, batch, StepContext(0, 1))[0].item()
-              for bg in (False, True)}
-    # dropping the contradicted background voxels removes most of what the loss penalises
-    assert losses[True] < losses[False]
+    losses = {mode: IPnP(small_space, {"pseudo_background": mode}).loss(Fixed(), None, batch, StepContext(0, 1))[0].item()
+              for mode in ("supervised", "vls", "marginal")}
+    # dropping the contradicted background voxels (vls) or not teaching "not 2" at all (marginal)
+    # removes most of what the paper's loss penalises here
+    assert losses["vls"] < losses["supervised"] and losses["marginal"] < losses["supervised"]
+    with pytest.raises(Exception, match="pseudo_background"):
+        IPnPOptions(pseudo_background="sometimes")

@@ -25,6 +25,7 @@ from partialseg.training.losses import (
     marginal_exclusion_loss,
     marginal_log_probs,
     marginal_loss,
+    marginal_loss_positive_pseudo,
     rampup_weight,
     sigmoid_loss,
     soft_dice_loss,
@@ -393,6 +394,32 @@ def test_vls_background_drops_background_voxels_predicted_as_a_pseudo_class():
     two = vls_voxel_mask(target.repeat(2, 1), pred.repeat(2, 1), t([[False, False, True, False], [False] * 4], torch.bool),
                          background=True)
     assert two[1].tolist() == [1.0] * 6
+
+
+def test_marginal_loss_positive_pseudo_by_hand():
+    # 3 classes: 1 annotated, 2 pseudo-labelled; voxels: background, class 1, pseudo 2
+    logits = t([[[2.0, 0.0, 1.0], [0.0, 3.0, 0.0], [1.0, -1.0, 2.0]]]).reshape(1, 3, 3)
+    target = t([[0, 1, 2]], torch.int64)
+    ann = annotated_channel_mask([frozenset({1})], 3)
+    pseudo = t([[False, False, True]], torch.bool)
+    p = torch.softmax(logits, dim=1)[0]  # (C, V)
+    # CE: background voxel -log(p0 + p2) (2 is not annotated: merged), class 1 -log p1, pseudo voxel -log p2
+    ce = -(torch.log(p[0, 0] + p[2, 0]) + torch.log(p[1, 1]) + torch.log(p[2, 2])) / 3
+    # Dice over {0, 1} with q0 = p0 + p2 and the pseudo voxel counted as merged background
+    q0, q1 = p[0] + p[2], p[1]
+    y0, y1 = t([1.0, 0.0, 1.0]), t([0.0, 1.0, 0.0])
+    s = 1e-5
+    d0 = (2 * (q0 * y0).sum() + s) / (q0.sum() + y0.sum() + s)
+    d1 = (2 * (q1 * y1).sum() + s) / (q1.sum() + y1.sum() + s)
+    expected = ce + 1 - (d0 + d1) / 2
+    got = marginal_loss_positive_pseudo(logits, target, ann, pseudo)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    # without pseudo-labels it is the marginal loss
+    assert marginal_loss_positive_pseudo(logits, t([[0, 1, 0]], torch.int64), ann, torch.zeros(1, 3, dtype=torch.bool)).item() == \
+        pytest.approx(marginal_loss(logits, t([[0, 1, 0]], torch.int64), ann).item(), abs=1e-6)
+    # a zero VLS weight on the pseudo voxel crops it out
+    masked = marginal_loss_positive_pseudo(logits, target, ann, pseudo, voxel_mask=t([[1.0, 1.0, 0.0]]))
+    assert masked.item() == pytest.approx(marginal_loss(logits[..., :2], target[..., :2], ann).item(), abs=1e-6)
 
 
 # ---- numerics ---------------------------------------------------------------------------------------

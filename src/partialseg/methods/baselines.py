@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from partialseg.errors import PartialsegError
 from partialseg.methods.base import Batch, Method, StepContext, register
 from partialseg.training import losses as L
 
@@ -28,13 +29,23 @@ class FullSupervision(Method):
         return loss, {"loss": float(loss.detach())}
 
 
+PSEUDO_BACKGROUND = ("supervised", "vls", "marginal")
+
+
 @dataclass
 class MarginalOptions:
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     vls: bool = True  # apply the VLS mask on pseudo-labelled voxels (IPnP); no effect without pseudo-labels
-    #: VLS also drops background voxels predicted as a pseudo-labelled class (losses.vls_voxel_mask)
-    vls_background: bool = False
+    #: what a background voxel of a case with pseudo-labelled classes P teaches (IPnP; methods.md "VLS"):
+    #: "supervised" (the paper: "background, not k" for every k in P, at full weight), "vls" (the same,
+    #: but VLS also drops those the network predicts as a class of P) or "marginal" (pseudo-labels are
+    #: positive evidence only: background stays merged with P, losses.marginal_loss_positive_pseudo)
+    pseudo_background: str = "supervised"
+
+    def __post_init__(self) -> None:
+        if self.pseudo_background not in PSEUDO_BACKGROUND:
+            raise PartialsegError(f"pseudo_background must be one of {list(PSEUDO_BACKGROUND)}, got {self.pseudo_background!r}")
 
 
 @register
@@ -44,7 +55,14 @@ class Marginal(Method):
 
     def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         logits = net(batch.image)
-        mask = _voxel_mask(logits, batch, background=self.options.vls_background) if self.options.vls else None
+        o = self.options
+        mask = _voxel_mask(logits, batch, background=o.pseudo_background == "vls") if o.vls else None
+        if o.pseudo_background == "marginal" and batch.pseudo is not None:
+            loss = L.marginal_loss_positive_pseudo(
+                logits, batch.target, batch.annotated & ~batch.pseudo, batch.pseudo, voxel_mask=mask,
+                ce_weight=o.ce_weight, dice_weight=o.dice_weight,
+            )
+            return loss, {"loss": float(loss.detach())}
         loss = L.marginal_loss(
             logits, batch.target, batch.annotated, voxel_mask=mask,
             ce_weight=self.options.ce_weight, dice_weight=self.options.dice_weight,

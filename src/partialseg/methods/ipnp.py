@@ -19,7 +19,7 @@ from partialseg.methods.baselines import Marginal, MarginalOptions
 @dataclass
 class IPnPOptions(MarginalOptions):
     """The loss options (``ce_weight``, ``dice_weight``, ``vls``: False = the paper's "without VLS"
-    ablation, ``vls_background``) are ``MarginalOptions``'."""
+    ablation, ``pseudo_background``) are ``MarginalOptions``'."""
 
     rounds: int = 2  # pseudo-labelling rounds after round 0
     #: a finished marginal (or ipnp) run on the same dataset with the same settings to use as round 0
@@ -46,6 +46,7 @@ class IPnPOptions(MarginalOptions):
     largest_component: bool = True  # prompt from the largest connected component only
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rounds < 1:
             raise PartialsegError("ipnp: rounds must be ≥ 1")
         if self.retrain not in ("continue", "scratch"):

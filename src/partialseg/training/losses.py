@@ -48,6 +48,7 @@ __all__ = [
     "marginal_exclusion_loss",
     "marginal_log_probs",
     "marginal_loss",
+    "marginal_loss_positive_pseudo",
     "merge_target",
     "rampup_weight",
     "sigmoid_loss",
@@ -319,6 +320,54 @@ def marginal_loss(
     log_q = marginal_log_probs(logits, annotated)
     vm = _float_mask(voxel_mask, target)
     return _ce_plus_dice(log_q, merge_target(target, annotated), annotated, vm, ce_weight, dice_weight, smooth)
+
+
+def marginal_loss_positive_pseudo(
+    logits: Tensor,
+    target: Tensor,
+    annotated: Tensor,
+    pseudo_classes: Tensor,
+    *,
+    voxel_mask: Tensor | None = None,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """:func:`marginal_loss` over Phi, with pseudo-labels used as positive evidence only.
+
+    IPnP's ``pseudo_background="marginal"`` (our option, methods.md "VLS"): a voxel pseudo-labelled
+    ``k in P`` has CE ``-log p^k`` instead of the marginal ``-log q^0`` (``q^0 = p^0 + sum of the
+    unannotated p``, ``k`` among them); every other term is the marginal loss over ``{0} ∪ Phi``,
+    so a background voxel never learns "not k" from a pseudo-label that may have missed it, and the
+    Dice over ``{0} ∪ Phi`` counts the pseudo-labelled voxels as merged background (consistent:
+    ``p^k`` is part of ``q^0``).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        target: ``(B, *spatial)`` int, annotations + pseudo-labels.
+        annotated: ``(B, C)`` bool, Phi (without P), column 0 True.
+        pseudo_classes: ``(B, C)`` bool, P; column 0 ignored.
+        voxel_mask: ``(B, *spatial)``, e.g. the VLS mask.
+    """
+    target = _check_target(logits, target)
+    b, c = logits.shape[:2]
+    annotated = _check_annotated(annotated, b, c).to(logits.device)
+    pseudo = _check_annotated(pseudo_classes, b, c).to(logits.device).clone()
+    pseudo[:, 0] = False
+    pseudo &= ~annotated
+    log_q = marginal_log_probs(logits, annotated)
+    merged = merge_target(target, annotated)
+    ce = -torch.gather(log_q, 1, merged.unsqueeze(1)).squeeze(1)
+    is_pseudo = _lookup(pseudo, target)
+    if bool(is_pseudo.any()):
+        log_p = torch.log_softmax(logits.float(), dim=1)
+        ce = torch.where(is_pseudo, -torch.gather(log_p, 1, target.unsqueeze(1)).squeeze(1), ce)
+    vm = _float_mask(voxel_mask, target)
+    loss = ce_weight * _masked_voxel_mean(ce, vm)
+    if dice_weight != 0.0:
+        dice = _dice_per_channel(log_q.exp(), _one_hot(merged, c), vm, smooth)
+        loss = loss + dice_weight * (1.0 - _channel_mean(dice, annotated))
+    return loss
 
 
 def marginal_dice_loss(
