@@ -50,6 +50,11 @@ def test_ipnp_protocol_tables_and_rerun_skips(tmp_path):
     before = model.stat().st_mtime_ns
     run_benchmark(out, keeps=[0.5], methods=["marginal"], preset=TINY, progress=False)
     assert model.stat().st_mtime_ns == before  # finished work is skipped
+    # ... but never reported under another configuration (here: an override the run was not made with)
+    with pytest.raises(PartialsegError, match=r"another configuration.*optim.lr"):
+        run_benchmark(out, keeps=[0.5], methods=["marginal"], preset=TINY, overrides=["optim.lr=0.5"], progress=False)
+    # execution settings may differ
+    run_benchmark(out, keeps=[0.5], methods=["marginal"], preset=TINY, overrides=["train.num_threads=2"], progress=False)
 
 
 def test_ipnp_adopts_the_marginal_run_as_round_0(tmp_path):

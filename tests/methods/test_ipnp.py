@@ -144,6 +144,12 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
     mtime = (run / "model.pt").stat().st_mtime_ns
     r = CliRunner().invoke(app, ["train", str(ds), "--out", str(run), "--resume"])
     assert r.exit_code == 0, r.output
+    assert (run / "model.pt").stat().st_mtime_ns == mtime
+    # the saved configuration is resolved (every option), and a resume with other options is refused
+    saved = (run / "config.yaml").read_text()
+    assert "pseudo_background: marginal" in saved and "entropy_from_round: 2" in saved
+    r = CliRunner().invoke(app, ["train", str(ds), "--out", str(run), "--resume", *args[4:], "--set", "method.options.tau=0.3"])
+    assert r.exit_code != 0 and "method.options.tau" in r.output
     r = CliRunner().invoke(app, ["predict", str(run), str(ds / "imagesTr"), str(tmp_path / "pred")])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["pseudolabel", str(run), str(ds), str(tmp_path / "pseudo_ds")])

@@ -164,6 +164,16 @@ def train_predict_evaluate(spec: RunSpec, cfg: ExperimentConfig, test: Path, *, 
     from partialseg.training.trainer import fit
 
     run = spec.run_dir
+    if (run / "config.yaml").exists():
+        # a run folder made with other settings (an older default, a changed preset) must not be
+        # reported under this configuration's name
+        from partialseg.config import EXECUTION_KEYS, config_differences, load_config
+        from partialseg.errors import InputError
+
+        differ = config_differences(cfg, load_config(run / "config.yaml"), ignore=EXECUTION_KEYS)
+        if differ:
+            raise InputError(run, f"this run folder was made with another configuration ({differ}); delete it or "
+                                  "benchmark into another --out")
     if not (run / MODEL_FILE).exists():
         resume = (run / CHECKPOINT_FILE).exists() or (run / "config.yaml").exists()
         log.info("%s %s: %s", spec.setting, spec.method, "resuming" if resume else "training")

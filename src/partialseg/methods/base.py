@@ -61,11 +61,16 @@ class Method:
 
     def __init__(self, label_space: LabelSpace, options: dict[str, Any] | None = None) -> None:
         self.label_space = label_space
+        self.options = self.parse_options(options)
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any] | None) -> Any:
+        """The options dataclass from a config's ``method.options`` (validated, defaults filled in)."""
         try:
-            self.options = self.options_cls(**(options or {}))
+            return cls.options_cls(**(options or {}))
         except TypeError as e:
-            valid = [f.name for f in dataclasses.fields(self.options_cls)]
-            raise PartialsegError(f"method {self.name!r}: bad options {options} ({e}); valid options: {valid}") from None
+            valid = [f.name for f in dataclasses.fields(cls.options_cls)]
+            raise PartialsegError(f"method {cls.name!r}: bad options {options} ({e}); valid options: {valid}") from None
 
     # -- network shape --------------------------------------------------------------------
     def output_channels(self) -> int:

@@ -230,7 +230,18 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
         from partialseg.errors import OutputExistsError
 
         raise OutputExistsError(run)
+    if resume and (run / "config.yaml").exists():
+        from partialseg.config import EXECUTION_KEYS, config_differences, load_config
+        from partialseg.errors import InputError
+
+        differ = config_differences(cfg, load_config(run / "config.yaml"), ignore=EXECUTION_KEYS)
+        if differ:
+            raise InputError(run / "config.yaml", f"the given configuration differs from the run's in {differ}; "
+                                                  "resume it with the saved one or start a new run")
     run.mkdir(parents=True, exist_ok=True)
+    from partialseg.config import with_method_defaults
+
+    cfg = with_method_defaults(cfg)
     write_text_atomic(cfg.to_yaml(), run / "config.yaml")
 
     r0 = run / "round_0"
@@ -319,9 +330,10 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
                   cases=cases, init_weights=init, progress=progress)
     last = run / f"round_{opts.rounds}" / ckpt.MODEL_FILE
     final = run / ckpt.MODEL_FILE
-    tmp = final.with_name(".model.pt.tmp")
-    shutil.copyfile(last, tmp)
-    tmp.replace(final)
+    if not final.exists() or final.stat().st_mtime_ns < last.stat().st_mtime_ns:
+        tmp = final.with_name(".model.pt.tmp")
+        shutil.copyfile(last, tmp)
+        tmp.replace(final)
     return final
 
 
@@ -349,6 +361,7 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     augmentation and training settings equal ``cfg``'s; its files and its prepared cache are copied
     (the cache hard-linked where possible; nothing is moved) into ``r0``.
     """
+    from partialseg.config import EXECUTION_KEYS, config_differences
     from partialseg.errors import InputError
     from partialseg.training import checkpoint as ckpt
 
@@ -358,8 +371,7 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     saved = ckpt.load(model)
     if saved.get("method", {}).get("name") not in ("marginal", "ipnp"):
         raise InputError(source, f"specialist_run must be a 'marginal' or 'ipnp' run, not {saved.get('method', {}).get('name')!r}")
-    mine, theirs = cfg.to_dict(), dict(saved["config"])
-    differ = sorted(k for k in mine if k != "method" and mine[k] != theirs.get(k))
+    differ = config_differences(cfg, dict(saved["config"]), ignore=("method", *EXECUTION_KEYS))
     if differ:
         raise InputError(source, f"specialist_run was trained with other settings in {differ}; round 0 must match the IPnP run")
     split = json.loads((source / "split.json").read_text())

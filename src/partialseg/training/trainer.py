@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from partialseg.config import ExperimentConfig
+from partialseg.config import ExperimentConfig, with_method_defaults
 from partialseg.errors import InputError, OutputExistsError, PartialsegError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.labels import LabelSpace
@@ -240,22 +240,21 @@ def load_train_cases(prepared, case_ids: Sequence[str]) -> list[TrainCase]:
 
 
 def _resolve_run(run: Path, config: ExperimentConfig | None, resume: bool, rank: int = 0) -> ExperimentConfig:
-    from partialseg.config import load_config
+    from partialseg.config import EXECUTION_KEYS, config_differences, load_config
 
     cfg_file = run / "config.yaml"
     if resume:
         if not (run / ckpt.CHECKPOINT_FILE).exists() and not cfg_file.exists():
             raise InputError(run, "nothing to resume: no checkpoint or config.yaml in this run folder")
         saved = load_config(cfg_file)
-        if config is not None and config.to_dict() != saved.to_dict():
+        if config is not None:
             # steps may grow (train longer); anything else would make the resumed run a different experiment
-            a, b = dict(config.to_dict()), dict(saved.to_dict())
-            a["train"] = {**a["train"], "steps": 0}
-            b["train"] = {**b["train"], "steps": 0}
-            if a != b:
-                raise InputError(cfg_file, "the given configuration differs from the run's; resume uses the saved one "
-                                           "(only train.steps may change)")
+            differ = config_differences(config, saved, ignore=("train.steps", *EXECUTION_KEYS))
+            if differ:
+                raise InputError(cfg_file, f"the given configuration differs from the run's in {differ}; resume uses "
+                                           "the saved one (only train.steps, num_threads and device may change)")
             saved.train.steps = config.train.steps
+            saved.train.num_threads, saved.train.device = config.train.num_threads, config.train.device
         return saved
     # other ranks would see the folder rank 0 just made
     if rank == 0 and run.exists() and any(run.iterdir()):
@@ -286,7 +285,7 @@ def train(
 
     dataset, run = Path(dataset), Path(out)
     world, rank, local = _dist_info()
-    cfg = _resolve_run(run, config, resume, rank)
+    cfg = with_method_defaults(_resolve_run(run, config, resume, rank))
     run.mkdir(parents=True, exist_ok=True)
     _setup_logging(run, rank)
 
@@ -318,7 +317,7 @@ def train(
         train_cases = [c for c in cases if c.case_id in set(train_ids)]
     val_cases = load_train_cases(prepared, val_ids)
     if rank == 0:
-        write_text_atomic(cfg.to_yaml(), run / "config.yaml")
+        write_text_atomic(cfg.to_yaml(), run / "config.yaml")  # resolved: every method option, defaults filled in
         write_json_atomic({"train": train_ids, "validation": val_ids, "prepared": str(prepared_dir.resolve())}, run / "split.json")
 
     # --- model ------------------------------------------------------------------------------
