@@ -1,7 +1,8 @@
 """IPnP: iterative prompting and pseudo-labelling (methods.md "IPnP").
 
-The specialist's loss is the marginal loss with the VLS mask on pseudo-labelled voxels
-(``Marginal`` with ``vls=True``); ``fit`` runs the rounds in ``partialseg.pseudolabel.loop``.
+The specialist's loss is ``Marginal``'s: the marginal loss with the VLS mask on pseudo-labelled voxels
+(``vls=True``), pseudo-labels as positive evidence only by default (``pseudo_background="marginal"``;
+the paper's loss is ``"supervised"``); ``fit`` runs the rounds in ``partialseg.pseudolabel.loop``.
 """
 
 from __future__ import annotations
