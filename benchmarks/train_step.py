@@ -38,7 +38,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
 from typing import Any
 
 import torch

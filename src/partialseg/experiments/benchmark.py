@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from partialseg.config import ExperimentConfig, load_config
-from partialseg.errors import PartialsegError
+from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences, load_config
+from partialseg.errors import InputError, PartialsegError
 from partialseg.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("partialseg.benchmark")
@@ -167,9 +167,6 @@ def train_predict_evaluate(spec: RunSpec, cfg: ExperimentConfig, test: Path, *, 
     if (run / "config.yaml").exists():
         # a run folder made with other settings (an older default, a changed preset) must not be
         # reported under this configuration's name
-        from partialseg.config import EXECUTION_KEYS, config_differences, load_config
-        from partialseg.errors import InputError
-
         differ = config_differences(cfg, load_config(run / "config.yaml"), ignore=EXECUTION_KEYS)
         if differ:
             raise InputError(run, f"this run folder was made with another configuration ({differ}); delete it or "

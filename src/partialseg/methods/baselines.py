@@ -62,11 +62,10 @@ class Marginal(Method):
                 logits, batch.target, batch.annotated & ~batch.pseudo, batch.pseudo, voxel_mask=mask,
                 ce_weight=o.ce_weight, dice_weight=o.dice_weight,
             )
-            return loss, {"loss": float(loss.detach())}
-        loss = L.marginal_loss(
-            logits, batch.target, batch.annotated, voxel_mask=mask,
-            ce_weight=self.options.ce_weight, dice_weight=self.options.dice_weight,
-        )
+        else:
+            loss = L.marginal_loss(
+                logits, batch.target, batch.annotated, voxel_mask=mask, ce_weight=o.ce_weight, dice_weight=o.dice_weight,
+            )
         return loss, {"loss": float(loss.detach())}
 
 

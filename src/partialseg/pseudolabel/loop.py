@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from partialseg.config import ExperimentConfig
-from partialseg.errors import PartialsegError
+from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences, load_config, with_method_defaults
+from partialseg.errors import InputError, PartialsegError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.pseudolabel.refine import Decision, assemble, entropy, entropy_rule, prompt_mask, refine
 
@@ -231,16 +231,11 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
 
         raise OutputExistsError(run)
     if resume and (run / "config.yaml").exists():
-        from partialseg.config import EXECUTION_KEYS, config_differences, load_config
-        from partialseg.errors import InputError
-
         differ = config_differences(cfg, load_config(run / "config.yaml"), ignore=EXECUTION_KEYS)
         if differ:
             raise InputError(run / "config.yaml", f"the given configuration differs from the run's in {differ}; "
                                                   "resume it with the saved one or start a new run")
     run.mkdir(parents=True, exist_ok=True)
-    from partialseg.config import with_method_defaults
-
     cfg = with_method_defaults(cfg)
     write_text_atomic(cfg.to_yaml(), run / "config.yaml")
 
@@ -361,8 +356,6 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     augmentation and training settings equal ``cfg``'s; its files and its prepared cache are copied
     (the cache hard-linked where possible; nothing is moved) into ``r0``.
     """
-    from partialseg.config import EXECUTION_KEYS, config_differences
-    from partialseg.errors import InputError
     from partialseg.training import checkpoint as ckpt
 
     model = source / ckpt.MODEL_FILE

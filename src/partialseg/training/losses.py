@@ -163,13 +163,15 @@ def _ce_plus_dice(
     ce_weight: float,
     dice_weight: float,
     smooth: float,
+    ce: Tensor | None = None,
 ) -> Tensor:
     """CE on ``log_q`` at the (merged) target plus Dice of ``exp(log_q)`` over counted channels.
 
     ``target`` never points at an uncounted channel, so the ``-inf`` entries of a marginal
-    ``log_q`` are never gathered.
+    ``log_q`` are never gathered. ``ce``: per-voxel CE ``(B, *spatial)`` to use instead.
     """
-    ce = -torch.gather(log_q, 1, target.unsqueeze(1)).squeeze(1)
+    if ce is None:
+        ce = -torch.gather(log_q, 1, target.unsqueeze(1)).squeeze(1)
     loss = ce_weight * _masked_voxel_mean(ce, voxel_mask)
     if dice_weight != 0.0:
         dice = _dice_per_channel(log_q.exp(), _one_hot(target, log_q.shape[1]), voxel_mask, smooth)
@@ -282,8 +284,12 @@ def marginal_log_probs(logits: Tensor, annotated: Tensor) -> Tensor:
         annotated: ``(B, C)`` bool, column 0 True.
     """
     annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
-    log_p = torch.log_softmax(logits.float(), dim=1)
-    view = annotated.reshape(*annotated.shape, *([1] * (logits.ndim - 2)))
+    return _merge_log_probs(torch.log_softmax(logits.float(), dim=1), annotated)
+
+
+def _merge_log_probs(log_p: Tensor, annotated: Tensor) -> Tensor:
+    """:func:`marginal_log_probs` from the log-softmax ``log_p`` (for callers that need ``log_p`` too)."""
+    view = annotated.reshape(*annotated.shape, *([1] * (log_p.ndim - 2)))
     merged_into_bg = ~view
     merged_into_bg[:, 0] = True
     # with Phi^c empty this is logsumexp of the single entry log p^0, which returns it exactly
@@ -355,19 +361,15 @@ def marginal_loss_positive_pseudo(
     pseudo = _check_annotated(pseudo_classes, b, c).to(logits.device).clone()
     pseudo[:, 0] = False
     pseudo &= ~annotated
-    log_q = marginal_log_probs(logits, annotated)
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    log_q = _merge_log_probs(log_p, annotated)
     merged = merge_target(target, annotated)
-    ce = -torch.gather(log_q, 1, merged.unsqueeze(1)).squeeze(1)
-    is_pseudo = _lookup(pseudo, target)
-    if bool(is_pseudo.any()):
-        log_p = torch.log_softmax(logits.float(), dim=1)
-        ce = torch.where(is_pseudo, -torch.gather(log_p, 1, target.unsqueeze(1)).squeeze(1), ce)
-    vm = _float_mask(voxel_mask, target)
-    loss = ce_weight * _masked_voxel_mean(ce, vm)
-    if dice_weight != 0.0:
-        dice = _dice_per_channel(log_q.exp(), _one_hot(merged, c), vm, smooth)
-        loss = loss + dice_weight * (1.0 - _channel_mean(dice, annotated))
-    return loss
+    ce = torch.where(
+        _lookup(pseudo, target),
+        -torch.gather(log_p, 1, target.unsqueeze(1)).squeeze(1),
+        -torch.gather(log_q, 1, merged.unsqueeze(1)).squeeze(1),
+    )
+    return _ce_plus_dice(log_q, merged, annotated, _float_mask(voxel_mask, target), ce_weight, dice_weight, smooth, ce=ce)
 
 
 def marginal_dice_loss(
