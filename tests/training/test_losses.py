@@ -15,6 +15,7 @@ import torch
 from partialseg.training.losses import DEFAULT_SMOOTH as S
 from partialseg.training.losses import (
     annotated_channel_mask,
+    ath_dice_losses,
     aux_dice_loss,
     consistency_keep_mask,
     consistency_loss,
@@ -29,6 +30,7 @@ from partialseg.training.losses import (
     rampup_weight,
     sigmoid_loss,
     soft_dice_loss,
+    tct_head_terms,
     uncertainty_weighted,
     vls_voxel_mask,
 )
@@ -479,3 +481,123 @@ def test_shape_errors():
         consistency_terms(logits, torch.zeros(1, 3, 2, 4))
     with pytest.raises(ValueError):
         consistency_loss(logits, torch.zeros(1, 2, 2, 4), ann, classes="some")
+
+
+# ---- the fast implementations against literal autograd references -----------------------------
+# The losses avoid one-hot tensors and merged-probability maps, and TCT's ATH terms have a
+# hand-written backward (_ATHSums). These references are the formulas as written (float64, plain
+# autograd): values and gradients must agree.
+def _ref_merged(logits: torch.Tensor, target: torch.Tensor, ann: torch.Tensor):
+    c = logits.shape[1]
+    p = torch.softmax(logits.double(), 1)
+    extra = (1,) * (logits.ndim - 2)
+    into_bg = ~ann
+    into_bg[:, 0] = True
+    q0 = (p * into_bg.view(*ann.shape, *extra)).sum(1, keepdim=True)
+    q = torch.cat([q0, (p * ann.view(*ann.shape, *extra))[:, 1:]], 1)
+    keep = torch.gather(ann, 1, target.reshape(target.shape[0], -1)).reshape(target.shape)
+    merged = torch.where(keep, target, torch.zeros_like(target))
+    y = torch.nn.functional.one_hot(merged, c).movedim(-1, 1).double()
+    return q, merged, y
+
+
+def _ref_marginal(logits, target, ann, vm=None, ce_weight=1.0):
+    q, merged, y = _ref_merged(logits, target, ann)
+    m = torch.ones(target.shape, dtype=torch.float64) if vm is None else vm.double()
+    ce = -(torch.log(torch.gather(q, 1, merged.unsqueeze(1)).squeeze(1)) * m).sum() / m.sum()
+    dims = tuple(range(2, q.ndim))
+    mm = m.unsqueeze(1)
+    d = (2 * (q * y * mm).sum(dims) + S) / ((q * mm).sum(dims) + (y * mm).sum(dims) + S)
+    per_sample = (d * ann).sum(1) / ann.sum(1)
+    return ce_weight * ce + 1 - per_sample.mean()
+
+
+def _ref_ath(logits, aux, target, vm=None):
+    b, n = aux.shape[:2]
+    g = torch.softmax(aux.double(), 2)
+    classes = torch.arange(1, n + 1).view(1, n, *([1] * (target.ndim - 1)))
+    z = (target.unsqueeze(1) == classes).double()
+    m = (torch.ones(target.shape, dtype=torch.float64) if vm is None else vm.double()).unsqueeze(1)
+    dims = tuple(range(2, z.ndim))
+
+    def dice_(a, y):
+        return (2 * (a * y * m).sum(dims) + S) / ((a * m).sum(dims) + (y * m).sum(dims) + S)
+
+    per_class = 1 - 0.5 * (dice_(g[:, :, 0], 1 - z) + dice_(g[:, :, 1], z))
+    p = torch.softmax(logits.double(), 1)[:, 1:]
+    terms = (0.5 * (((1 - p) - g[:, :, 0]) ** 2 + (p - g[:, :, 1]) ** 2)).mean(dims)
+    return per_class, terms
+
+
+def _fast_case(seed: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(3, 5, 6, 5, 4, generator=g)).requires_grad_(True)
+    aux = (2 * torch.randn(3, 4, 2, 6, 5, 4, generator=g)).requires_grad_(True)
+    target = torch.randint(0, 5, (3, 6, 5, 4), generator=g)
+    target[0, 3] = 4  # an unannotated class's voxels still labelled: folded into background
+    ann = annotated_channel_mask([frozenset({1, 3}), frozenset({2}), frozenset()], 5)
+    vm = (torch.rand(3, 6, 5, 4, generator=g) > 0.3).float()
+    return logits, aux, target, ann, vm
+
+
+def _assert_same_value_and_grads(fast, ref, inputs):
+    assert fast.item() == pytest.approx(ref.item(), abs=1e-5, rel=1e-5)
+    g_fast = torch.autograd.grad(fast, inputs, allow_unused=True)
+    g_ref = torch.autograd.grad(ref, inputs, allow_unused=True)
+    for a, b in zip(g_fast, g_ref, strict=True):
+        if b is None:
+            assert a is None or a.abs().max() == 0
+        else:
+            torch.testing.assert_close(a.double(), b.double(), atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_marginal_losses_match_the_literal_reference(masked):
+    logits, _, target, ann, vm = _fast_case()
+    vm = vm if masked else None
+    _assert_same_value_and_grads(
+        marginal_loss(logits, target, ann, voxel_mask=vm), _ref_marginal(logits, target, ann, vm), (logits,)
+    )
+    _assert_same_value_and_grads(
+        marginal_dice_loss(logits, target, ann, voxel_mask=vm), _ref_marginal(logits, target, ann, vm, 0.0), (logits,)
+    )
+    # the probabilities handed in by TCT give the same loss and the same gradient through them
+    probs = torch.softmax(logits.float(), 1)
+    _assert_same_value_and_grads(
+        marginal_dice_loss(logits, target, ann, voxel_mask=vm, probs=probs),
+        _ref_marginal(logits, target, ann, vm, 0.0),
+        (logits,),
+    )
+    everyone = annotated_channel_mask([frozenset(range(1, 5))] * 3, 5)
+    _assert_same_value_and_grads(full_loss(logits, target, voxel_mask=vm), _ref_marginal(logits, target, everyone, vm), (logits,))
+
+
+def test_ath_terms_match_the_literal_reference():
+    logits, aux, target, ann, vm = _fast_case()
+    w1, w2 = torch.rand(3, 4, generator=torch.Generator().manual_seed(2)), torch.rand(3, 4)
+
+    def ref(vm=None):
+        ref_dice, ref_terms = _ref_ath(logits, aux, target, vm)
+        return (ref_dice * w1).sum() + (ref_terms * w2).sum()
+
+    dice_, terms, iou = tct_head_terms(logits, aux, target)
+    _assert_same_value_and_grads((dice_ * w1).sum() + (terms * w2).sum(), ref(), (logits, aux))
+    # the ATH logit differences alone, and the MSH probabilities handed in
+    diff = aux[:, :, 1:] - aux[:, :, :1]
+    dice_d, terms_d, iou_d = tct_head_terms(logits, diff, target, probs=torch.softmax(logits, 1))
+    _assert_same_value_and_grads((dice_d * w1).sum() + (terms_d * w2).sum(), ref(), (logits, aux))
+    assert torch.equal(iou, iou_d) and torch.equal(iou, consistency_terms(logits, aux)[1])
+    _assert_same_value_and_grads(
+        (ath_dice_losses(aux, target, voxel_mask=vm) * w1).sum(), (_ref_ath(logits, aux, target, vm)[0] * w1).sum(), (aux,)
+    )
+    _assert_same_value_and_grads(
+        aux_dice_loss(aux, target, ann),
+        torch.where(ann[:, 1:], _ref_ath(logits, aux, target)[0], 0.0).sum(1).mean(),
+        (logits, aux),
+    )
+    # stop_grad_aux: the consistency pulls only the MSH; L_aux still trains the ATHs
+    _, terms_s, _ = tct_head_terms(logits, aux, target, stop_grad_aux=True)
+    g_logits, g_aux = torch.autograd.grad(terms_s.sum(), (logits, aux), allow_unused=True)
+    assert g_aux is None or g_aux.abs().max() == 0
+    (g_ref,) = torch.autograd.grad(_ref_ath(logits, aux, target)[1].sum(), logits)
+    torch.testing.assert_close(g_logits.double(), g_ref.double(), atol=1e-6, rtol=1e-4)

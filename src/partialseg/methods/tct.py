@@ -214,12 +214,18 @@ class TCT(Method):
         f = net.features(batch.image)
         logits, aux = self.heads(net, extras, f)
         target, annotated = batch.target, batch.annotated
-        n = extras.num_classes
 
+        # one softmax of the MSH for L_main and L_con (the CE variant has its own log-softmax)
+        probs = torch.softmax(logits.float(), dim=1)
         if o.main_ce_weight > 0:
             l_main = L.marginal_loss(logits, target, annotated, ce_weight=o.main_ce_weight, dice_weight=1.0)
         else:
-            l_main = L.marginal_dice_loss(logits, target, annotated)
+            l_main = L.marginal_dice_loss(logits, target, annotated, probs=probs)
+        if o.consistency:
+            # every ATH's Dice loss and consistency term, and the IoUs, from one pass over the ATHs
+            ath_dice, terms, iou = L.tct_head_terms(logits, aux, target, probs=probs, stop_grad_aux=o.stop_grad_aux)
+        else:
+            ath_dice = L.ath_dice_losses(aux, target)
         # Classes with supervision in this batch. An uncertainty term whose loss has no supervision
         # in the batch is left out (0 * s keeps s in the graph for DDP): its 1/2 s alone would
         # only drive s down, and so blow its weight up, between the batches that annotate it.
@@ -228,10 +234,8 @@ class TCT(Method):
         logs: dict[str, Tensor] = {}
         s = extras.log_vars
         if o.weighting == "uwl":
-            # one loss per ATH; their sum is aux_dice_loss over all ATHs
-            per_ath = torch.stack([
-                L.aux_dice_loss(aux[:, j : j + 1], (target == j + 1).long(), annotated[:, [0, j + 1]]) for j in range(n)
-            ])
+            # one loss per ATH (the batch mean of its Dice loss where annotated); their sum is L_aux
+            per_ath = torch.where(annotated[:, 1:], ath_dice, torch.zeros_like(ath_dice)).mean(dim=0)
             l_aux = per_ath.sum()
             s_aux = s[1:]
             aux_terms = torch.where(supervised, per_ath * torch.exp(-s_aux) + 0.5 * s_aux, 0.0 * s_aux)
@@ -239,7 +243,7 @@ class TCT(Method):
             logs["s_main"] = s[0]
             logs["s_aux_mean"], logs["s_aux_min"], logs["s_aux_max"] = s_aux.mean(), s_aux.min(), s_aux.max()
         else:
-            l_aux = L.aux_dice_loss(aux, target, annotated)
+            l_aux = L.supervised_ath_sum(ath_dice, annotated).mean()
             if o.weighting == "uauwl":
                 total = torch.where(
                     supervised.any(),
@@ -253,8 +257,6 @@ class TCT(Method):
 
         if o.consistency:
             w = L.rampup_weight(ctx.step, ctx.total_steps, o.lam, o.rampup_fraction)
-            aux_c = aux.detach() if o.stop_grad_aux else aux
-            terms, iou = L.consistency_terms(logits, aux_c)
             if o.consistency_classes == "all":
                 participating = torch.ones_like(terms, dtype=torch.bool)
             else:

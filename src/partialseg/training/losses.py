@@ -38,6 +38,7 @@ from torch import Tensor
 __all__ = [
     "DEFAULT_SMOOTH",
     "annotated_channel_mask",
+    "ath_dice_losses",
     "aux_dice_loss",
     "consistency_keep_mask",
     "consistency_loss",
@@ -53,6 +54,8 @@ __all__ = [
     "rampup_weight",
     "sigmoid_loss",
     "soft_dice_loss",
+    "supervised_ath_sum",
+    "tct_head_terms",
     "uncertainty_weighted",
     "vls_voxel_mask",
 ]
@@ -150,33 +153,84 @@ def _per_label_sum(values: Tensor, labels: Tensor, num_labels: int) -> Tensor:
     return out.scatter_add(1, labels, values)
 
 
-def _one_hot(target: Tensor, num_channels: int) -> Tensor:
-    """(B, *spatial) int → (B, C, *spatial) float32."""
-    return F.one_hot(target, num_channels).movedim(-1, 1).to(torch.float32)
+def _merged_channels(annotated: Tensor) -> Tensor:
+    """Channels TAL merges into the background, ``{0} ∪ Phi^c``, ``(B, C)`` bool."""
+    into_bg = ~annotated
+    into_bg[:, 0] = True
+    return into_bg
+
+
+def _marginal_ce(log_p: Tensor, merged: Tensor, annotated: Tensor | None) -> Tensor:
+    """Per-voxel CE of TAL's merged distribution at the merged target, ``(B, *spatial)``.
+
+    ``-log p^y`` on a voxel labelled with an annotated organ, ``-log q^0`` on a background voxel,
+    ``log q^0 = logsumexp`` of ``log p`` over ``{0} ∪ Phi^c`` (finite even where every merged
+    probability underflows). ``annotated=None``: nothing is merged (``full``), ``q = p``.
+    """
+    log_py = torch.gather(log_p, 1, merged.unsqueeze(1)).squeeze(1)
+    if annotated is None:
+        return -log_py
+    view = _merged_channels(annotated).reshape(*annotated.shape, *([1] * (log_p.ndim - 2)))
+    log_q0 = torch.logsumexp(log_p.masked_fill(~view, float("-inf")), dim=1)
+    return -torch.where(merged == 0, log_q0, log_py)
+
+
+def _marginal_dice(
+    probs: Tensor, merged: Tensor, annotated: Tensor | None, voxel_mask: Tensor | None, smooth: float
+) -> Tensor:
+    """nnU-Net soft Dice per sample and channel of TAL's merged probabilities, ``(B, C)``.
+
+    ``q^0 = p^0 + sum_{n in Phi^c} p^n``, ``q^c = p^c`` for ``c in Phi``, against the merged
+    target ``merged`` (``(B, *spatial)`` in ``{0} ∪ Phi``), as :func:`_dice_per_channel` on
+    ``(q, one-hot)`` would give, but from the plain softmax ``probs`` ``(B, C, *spatial)`` and
+    per-label sums: ``S[b, n, l] = sum of m p^n over the voxels labelled l``, so that
+    ``TP_c = S[c, c]``, ``TP_0 = sum_{n merged} S[n, 0]``, ``sum q^c = sum_l S[c, l]`` and
+    ``sum q^0 = sum_{n merged} sum_l S[n, l]``. No ``q``, no one-hot: this runs on every step.
+    Entries of channels outside ``{0} ∪ Phi`` are meaningless (callers average over
+    ``{0} ∪ Phi``). ``annotated=None``: every channel annotated.
+    """
+    b, c = probs.shape[:2]
+    p = probs.reshape(b, c, -1)
+    t = merged.reshape(b, -1)
+    m = None if voxel_mask is None else voxel_mask.reshape(b, -1)
+    pm = p if m is None else p * m.unsqueeze(1)
+    per_label = torch.zeros(b, c, c, dtype=p.dtype, device=p.device).scatter_add(2, t.unsqueeze(1).expand(b, c, -1), pm)
+    sum_p = per_label.sum(dim=2)
+    tp = torch.diagonal(per_label, dim1=1, dim2=2)
+    if annotated is not None:
+        into_bg = _merged_channels(annotated).to(p.dtype)
+        bg_tp = (per_label[:, :, 0] * into_bg).sum(dim=1, keepdim=True)
+        bg_sum = (sum_p * into_bg).sum(dim=1, keepdim=True)
+        tp = torch.cat([bg_tp, tp[:, 1:]], dim=1)
+        sum_p = torch.cat([bg_sum, sum_p[:, 1:]], dim=1)
+    sum_y = _per_label_sum(torch.ones_like(t, dtype=p.dtype) if m is None else m, t, c)
+    return (2.0 * tp + smooth) / (sum_p + sum_y + smooth).clamp_min(1e-8)
 
 
 def _ce_plus_dice(
-    log_q: Tensor,
-    target: Tensor,
-    channel_mask: Tensor,
+    log_p: Tensor,
+    merged: Tensor,
+    annotated: Tensor | None,
     voxel_mask: Tensor | None,
     ce_weight: float,
     dice_weight: float,
     smooth: float,
     ce: Tensor | None = None,
 ) -> Tensor:
-    """CE on ``log_q`` at the (merged) target plus Dice of ``exp(log_q)`` over counted channels.
-
-    ``target`` never points at an uncounted channel, so the ``-inf`` entries of a marginal
-    ``log_q`` are never gathered. ``ce``: per-voxel CE ``(B, *spatial)`` to use instead.
+    """TAL's CE + Dice from the log-softmax ``log_p``: CE of the merged distribution at the merged
+    target (:func:`_marginal_ce`) plus Dice of the merged probabilities over ``{0} ∪ Phi``
+    (:func:`_marginal_dice`). ``annotated=None``: nothing merged, every channel counts (``full``).
+    ``ce``: per-voxel CE ``(B, *spatial)`` to use instead.
     """
-    if ce is None:
-        ce = -torch.gather(log_q, 1, target.unsqueeze(1)).squeeze(1)
-    loss = ce_weight * _masked_voxel_mean(ce, voxel_mask)
+    terms = []
+    if ce_weight != 0.0:
+        ce = _marginal_ce(log_p, merged, annotated) if ce is None else ce
+        terms.append(ce_weight * _masked_voxel_mean(ce, voxel_mask))
     if dice_weight != 0.0:
-        dice = _dice_per_channel(log_q.exp(), _one_hot(target, log_q.shape[1]), voxel_mask, smooth)
-        loss = loss + dice_weight * (1.0 - _channel_mean(dice, channel_mask))
-    return loss
+        dice = _marginal_dice(log_p.exp(), merged, annotated, voxel_mask, smooth)
+        counted = torch.ones_like(dice, dtype=torch.bool) if annotated is None else annotated
+        terms.append(dice_weight * (1.0 - _channel_mean(dice, counted)))
+    return sum(terms[1:], terms[0]) if terms else log_p.sum() * 0.0
 
 
 # ---- label bookkeeping -------------------------------------------------------------------
@@ -264,9 +318,7 @@ def full_loss(
     """
     target = _check_target(logits, target)
     log_p = torch.log_softmax(logits.float(), dim=1)
-    vm = _float_mask(voxel_mask, target)
-    all_channels = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
-    return _ce_plus_dice(log_p, target, all_channels, vm, ce_weight, dice_weight, smooth)
+    return _ce_plus_dice(log_p, target, None, _float_mask(voxel_mask, target), ce_weight, dice_weight, smooth)
 
 
 def marginal_log_probs(logits: Tensor, annotated: Tensor) -> Tensor:
@@ -284,14 +336,9 @@ def marginal_log_probs(logits: Tensor, annotated: Tensor) -> Tensor:
         annotated: ``(B, C)`` bool, column 0 True.
     """
     annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
-    return _merge_log_probs(torch.log_softmax(logits.float(), dim=1), annotated)
-
-
-def _merge_log_probs(log_p: Tensor, annotated: Tensor) -> Tensor:
-    """:func:`marginal_log_probs` from the log-softmax ``log_p`` (for callers that need ``log_p`` too)."""
+    log_p = torch.log_softmax(logits.float(), dim=1)
     view = annotated.reshape(*annotated.shape, *([1] * (log_p.ndim - 2)))
-    merged_into_bg = ~view
-    merged_into_bg[:, 0] = True
+    merged_into_bg = _merged_channels(view)
     # with Phi^c empty this is logsumexp of the single entry log p^0, which returns it exactly
     log_q0 = torch.logsumexp(log_p.masked_fill(~merged_into_bg, float("-inf")), dim=1, keepdim=True)
     log_q = log_p.masked_fill(~view, float("-inf"))
@@ -323,9 +370,9 @@ def marginal_loss(
     """
     target = _check_target(logits, target)
     annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
-    log_q = marginal_log_probs(logits, annotated)
+    log_p = torch.log_softmax(logits.float(), dim=1)
     vm = _float_mask(voxel_mask, target)
-    return _ce_plus_dice(log_q, merge_target(target, annotated), annotated, vm, ce_weight, dice_weight, smooth)
+    return _ce_plus_dice(log_p, merge_target(target, annotated), annotated, vm, ce_weight, dice_weight, smooth)
 
 
 def marginal_loss_positive_pseudo(
@@ -362,14 +409,13 @@ def marginal_loss_positive_pseudo(
     pseudo[:, 0] = False
     pseudo &= ~annotated
     log_p = torch.log_softmax(logits.float(), dim=1)
-    log_q = _merge_log_probs(log_p, annotated)
     merged = merge_target(target, annotated)
     ce = torch.where(
         _lookup(pseudo, target),
         -torch.gather(log_p, 1, target.unsqueeze(1)).squeeze(1),
-        -torch.gather(log_q, 1, merged.unsqueeze(1)).squeeze(1),
+        _marginal_ce(log_p, merged, annotated),
     )
-    return _ce_plus_dice(log_q, merged, annotated, _float_mask(voxel_mask, target), ce_weight, dice_weight, smooth, ce=ce)
+    return _ce_plus_dice(log_p, merged, annotated, _float_mask(voxel_mask, target), ce_weight, dice_weight, smooth, ce=ce)
 
 
 def marginal_dice_loss(
@@ -379,15 +425,22 @@ def marginal_dice_loss(
     *,
     voxel_mask: Tensor | None = None,
     smooth: float = DEFAULT_SMOOTH,
+    probs: Tensor | None = None,
 ) -> Tensor:
     """TCT's ``L_main`` (Eq. 1–2): ``1 - 1/(M+1) sum_{c in {0} ∪ Phi} Dice(q^c, y^c)``.
 
     The background channel merges ``{0} ∪ Phi^c`` (Eq. 2 prints ``{0} ∪ Phi``, a typo: the text
     merges the unannotated organs into background, methods.md "TCT"). Eq. 1 has no smoothing;
     nnU-Net's ``smooth`` is added to numerator and denominator to avoid 0/0, and the mean over
-    ``{0} ∪ Phi`` is per sample, then over the batch.
+    ``{0} ∪ Phi`` is per sample, then over the batch. Equals :func:`marginal_loss` with
+    ``ce_weight=0``. ``probs``: ``softmax(logits.float(), 1)`` when the caller has it already
+    (TCT shares it with ``L_con``).
     """
-    return marginal_loss(logits, target, annotated, voxel_mask=voxel_mask, ce_weight=0.0, dice_weight=1.0, smooth=smooth)
+    target = _check_target(logits, target)
+    annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
+    p = torch.softmax(logits.float(), dim=1) if probs is None else probs
+    dice = _marginal_dice(p, merge_target(target, annotated), annotated, _float_mask(voxel_mask, target), smooth)
+    return 1.0 - _channel_mean(dice, annotated)
 
 
 def _log_one_minus_p(log_p: Tensor, channel: int) -> Tensor:
@@ -527,6 +580,132 @@ def sigmoid_loss(
 
 
 # ---- TCT -----------------------------------------------------------------------------------
+class _ATHSums(torch.autograd.Function):
+    """The full-resolution sums behind ``L_aux`` and ``L_con``, with a hand-written backward.
+
+    Inputs (float32, ``V`` = flattened voxels): ``d`` ``(B, N, V)`` ATH logit differences
+    ``a_j^j - a_j^0``; ``p`` ``(B, N, V)`` the MSH's organ probabilities ``p^j`` or None;
+    ``label`` ``(B, V)`` int64 in ``0..N`` or None; ``weight`` ``(B, V)`` voxel weights or None;
+    ``sq_grad_to_d``: False = ``sq`` sends no gradient into ``d`` (TCT's ``stop_grad_aux``).
+    With ``g = sigmoid(d)`` (= ``g_j^j``) and ``z_j = [label = j]``, returns ``(B, N)`` each::
+
+        sg = sum_v m g        tp = sum_v m g z_j        sq = sum_v (p - g)^2
+
+    (``m`` = ``weight`` or 1; ``tp`` is 0 without ``label``, ``sq`` 0 without ``p``). Everything
+    else TCT computes from the heads is arithmetic on these ``(B, N)`` sums, so the backward is
+    one expression per voxel, ``dL/dd = g (1 - g) [m (dL/dsg + z_j dL/dtp) - 2 (p - g) dL/dsq]``,
+    instead of autograd's chain of sigmoid, gather, scatter, product and reduction buffers
+    over ``(B, N, V)``: TCT runs this on every step at full resolution.
+    """
+
+    @staticmethod
+    def forward(ctx, d: Tensor, p: Tensor | None, label: Tensor | None, weight: Tensor | None, sq_grad_to_d: bool = True):  # type: ignore[override]
+        with torch.autocast(device_type=d.device.type, enabled=False):
+            b, n, _ = d.shape
+            g = torch.sigmoid(d)
+            sg = g.sum(dim=2) if weight is None else torch.bmm(g, weight.unsqueeze(2)).squeeze(2)
+            idx = w_organ = None
+            tp = g.new_zeros(b, n)
+            if label is not None:
+                idx = (label - 1).clamp_min(0).unsqueeze(1)  # channel of the voxel's organ, (B, 1, V)
+                organ = label > 0
+                w_organ = organ.to(g.dtype) if weight is None else organ * weight
+                g_at_label = torch.gather(g, 1, idx).squeeze(1) * w_organ  # m g_y^y, 0 on background
+                tp = g.new_zeros(b, n + 1).scatter_add_(1, label, g_at_label)[:, 1:].contiguous()
+            e = None
+            sq = g.new_zeros(b, n)
+            if p is not None:
+                e = p - g
+                sq = torch.linalg.vecdot(e, e)
+        ctx.save_for_backward(g, e, idx, w_organ, weight)
+        ctx.sq_grad_to_d = sq_grad_to_d
+        return sg, tp, sq
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_sg: Tensor, g_tp: Tensor, g_sq: Tensor):  # type: ignore[override]
+        g, e, idx, w_organ, weight = ctx.saved_tensors
+        grad = g_sg.unsqueeze(2) * (weight.unsqueeze(1) if weight is not None else torch.ones_like(g))
+        if e is not None and ctx.sq_grad_to_d:
+            grad.addcmul_(e, g_sq.unsqueeze(2), value=-2.0)
+        if idx is not None:
+            at_label = torch.gather(g_tp, 1, idx.squeeze(1)) * w_organ  # (B, V)
+            grad.scatter_add_(1, idx, at_label.unsqueeze(1))
+        grad_d = torch.ops.aten.sigmoid_backward(grad, g) if ctx.needs_input_grad[0] else None
+        grad_p = (2.0 * g_sq).unsqueeze(2) * e if e is not None and ctx.needs_input_grad[1] else None
+        return grad_d, grad_p, None, None, None
+
+
+def _ath_dice_per_class(sg: Tensor, tp: Tensor, label: Tensor, weight: Tensor | None, smooth: float) -> Tensor:
+    """``1 - 1/2 (Dice(g_j^0, z^0) + Dice(g_j^j, z^j))`` per sample and ATH, ``(B, N)``.
+
+    From the sums of :class:`_ATHSums`; the background channel's sums follow from
+    ``sum m g^0 z^0 = M - sg - sz + tp``, ``sum m g^0 = M - sg``, ``sum m z^0 = M - sz``
+    (``M = sum m``), so no ``(B, N, 2, V)`` tensor is ever built. nnU-Net soft Dice, as
+    :func:`_dice_per_channel`.
+    """
+    b, n = sg.shape
+    w = (label > 0).to(torch.float32) if weight is None else (label > 0) * weight
+    sz = _per_label_sum(w, label, n + 1)[:, 1:]  # sum m z^j
+    count = torch.full((b, 1), float(label.shape[1]), device=sg.device) if weight is None else weight.sum(1, keepdim=True)
+    dice_j = (2.0 * tp + smooth) / (sg + sz + smooth).clamp_min(1e-8)
+    dice_0 = (2.0 * (count - sg - sz + tp) + smooth) / (2.0 * count - sg - sz + smooth).clamp_min(1e-8)
+    return 1.0 - 0.5 * (dice_0 + dice_j)
+
+
+def _check_aux(aux_logits: Tensor, b: int, n: int, spatial: tuple[int, ...]) -> None:
+    if aux_logits.shape not in ((b, n, 2, *spatial), (b, n, 1, *spatial)):
+        raise ValueError(f"aux_logits must be (B, N, 2, *spatial) = {(b, n, 2, *spatial)}, got {tuple(aux_logits.shape)}")
+
+
+def _msh_ath_iou(logits: Tensor, d: Tensor) -> Tensor:
+    """IoU of the MSH's argmax mask of each organ with its ATH's mask, ``(B, N)`` float32, no grad.
+
+    ``logits`` ``(B, N + 1, V)``, ``d`` ``(B, N, V)``. MSH_j = ``{argmax_c = j}`` (first maximum on
+    ties), ATH_j = ``{d_j > 0}`` (argmax over (background, j) picks j only when strictly larger);
+    both empty gives 1.
+    """
+    with torch.no_grad():
+        b, c = logits.shape[:2]
+        # max(dim).indices is argmax (first maximum on ties), several times faster on CPU
+        label = logits.max(dim=1).indices  # (B, V)
+        ath = d > 0
+        # |MSH_j ∩ ATH_j|: the ATH of the MSH's label, at each voxel the MSH labels with an organ
+        hit = torch.gather(ath, 1, (label - 1).clamp_min(0).unsqueeze(1)).squeeze(1) & (label > 0)
+        inter = _per_label_sum(hit.long(), label, c)[:, 1:]
+        msh_size = _per_label_sum(torch.ones_like(label), label, c)[:, 1:]
+        union = msh_size + torch.count_nonzero(ath, dim=2) - inter  # sum() would copy the mask to int64
+        return torch.where(union > 0, inter.double() / union.clamp_min(1).double(), 1.0).float()
+
+
+def ath_dice_losses(
+    aux_logits: Tensor, target: Tensor, *, voxel_mask: Tensor | None = None, smooth: float = DEFAULT_SMOOTH
+) -> Tensor:
+    """Each ATH's Dice loss ``1 - 1/2 sum_{c in {0, j}} Dice(g_j^c, z^c)`` per sample, ``(B, N)`` (Eq. 3–4).
+
+    ATH ``j`` is a 2-channel softmax ``(g_j^0, g_j^j)``; ``z^j = [y = j]``, ``z^0 = 1 - z^j``
+    (Eq. 4's merge of ``{0} ∪ Phi \\ {j}``). Computed for every ``j``; which ones are supervised is
+    the caller's business (:func:`aux_dice_loss`). Dice smoothing as in :func:`soft_dice_loss`.
+
+    Args:
+        aux_logits: ``(B, N, 2, *spatial)``; index ``j - 1`` is ATH ``j``. Or ``(B, N, 1, *spatial)``:
+            the logit difference ``a_j^j - a_j^0`` alone (the 2-channel softmax depends on nothing
+            else: ``softmax(a_0, a_j) = (1 - sigmoid(a_j - a_0), sigmoid(a_j - a_0))``).
+        target: ``(B, *spatial)`` int in ``0..N``.
+        voxel_mask: ``(B, *spatial)`` weights of the voxel terms.
+    """
+    if aux_logits.ndim < 4 or aux_logits.shape[2] not in (1, 2):
+        raise ValueError(f"aux_logits must be (B, N, 2, *spatial) or (B, N, 1, *spatial), got {tuple(aux_logits.shape)}")
+    b, n = aux_logits.shape[:2]
+    if target.shape != aux_logits.shape[:1] + aux_logits.shape[3:]:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match aux_logits {tuple(aux_logits.shape)}")
+    label = target.long().reshape(b, -1)
+    vm = _float_mask(voxel_mask, target)
+    weight = None if vm is None else vm.reshape(b, -1)
+    sg, tp, _ = _ATHSums.apply(_ath_logit_difference(aux_logits).reshape(b, n, -1), None, label, weight)
+    return _ath_dice_per_class(sg, tp, label, weight, smooth)
+
+
 def aux_dice_loss(
     aux_logits: Tensor,
     target: Tensor,
@@ -537,51 +716,73 @@ def aux_dice_loss(
 ) -> Tensor:
     """TCT's ``L_aux`` (Eq. 3–4): ``sum_{j in Phi} (1 - 1/2 sum_{c in {0, j}} Dice(g_j^c, z^c))``.
 
-    ATH ``j`` is a 2-channel softmax ``(g_j^0, g_j^j)``; ``z^j = [y = j]``, ``z^0 = 1 - z^j``
-    (Eq. 4's merge of ``{0} ∪ Phi \\ {j}``). Only ``j in Phi`` are supervised (methods.md: Eq. 3's
+    The terms are :func:`ath_dice_losses`. Only ``j in Phi`` are supervised (methods.md: Eq. 3's
     ``sum over Omega`` cannot supervise an unannotated class). As in Eq. 3 the per-class terms
     are *summed* over ``j`` (not averaged), per sample, then averaged over the batch; UAUWL's
-    learnt weight absorbs the scale. Dice smoothing as in :func:`soft_dice_loss`.
+    learnt weight absorbs the scale.
 
     Args:
-        aux_logits: ``(B, N, 2, *spatial)``; index ``j - 1`` is ATH ``j``. Or ``(B, N, 1, *spatial)``:
-            the logit difference ``a_j^j - a_j^0`` alone (the 2-channel softmax depends on nothing
-            else: ``softmax(a_0, a_j) = (1 - sigmoid(a_j - a_0), sigmoid(a_j - a_0))``).
+        aux_logits: ``(B, N, 2, *spatial)`` or ``(B, N, 1, *spatial)`` (see :func:`ath_dice_losses`).
         target: ``(B, *spatial)`` int in ``0..N``.
         annotated: ``(B, N + 1)`` bool.
     """
-    if aux_logits.ndim < 4 or aux_logits.shape[2] not in (1, 2):
-        raise ValueError(f"aux_logits must be (B, N, 2, *spatial) or (B, N, 1, *spatial), got {tuple(aux_logits.shape)}")
-    b, n = aux_logits.shape[:2]
-    if target.shape != aux_logits.shape[:1] + aux_logits.shape[3:]:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match aux_logits {tuple(aux_logits.shape)}")
-    target = target.long()
-    annotated = _check_annotated(annotated, b, n + 1).to(aux_logits.device)[:, 1:]
-    vm = _float_mask(voxel_mask, target)
-    # Computed without materialising (B, N, 2, *spatial) tensors (N can be 15+ organs at full
-    # resolution): g_j^j = softmax(a)_j = sigmoid(a_j - a_0), g_j^0 = 1 - g_j^j; the sums
-    # sum(m g z) per class come from one gather at the target label, and the background
-    # channel's Dice from the identities sum m g^0 z^0 = M - sum m g - sum m z + sum m g z,
-    # sum m g^0 = M - sum m g, sum m z^0 = M - sum m z (M = sum m, m = voxel weights or 1).
-    g = torch.sigmoid(_ath_logit_difference(aux_logits)).reshape(b, n, -1)  # g_j^j, (B, N, V)
-    t = target.reshape(b, -1)
-    organ = (t > 0).to(torch.float32)
-    w = organ if vm is None else organ * vm.reshape(b, -1)  # weight of each voxel in its class's sums
-    g_at_label = torch.gather(g, 1, (t - 1).clamp_min(0).unsqueeze(1)).squeeze(1)  # g_y^y, (B, V)
-    tp = _per_label_sum(g_at_label * w, t, n + 1)[:, 1:]  # sum m g^j z^j
-    sz = _per_label_sum(w, t, n + 1)[:, 1:]  # sum m z^j
-    if vm is None:
-        sg = g.sum(dim=2)
-        count = torch.full((b, 1), float(t.shape[1]), device=g.device)
-    else:
-        m = vm.reshape(b, 1, -1)
-        sg = (g * m).sum(dim=2)
-        count = m.sum(dim=2)
-    # nnU-Net soft Dice per channel, as _dice_per_channel
-    dice_j = (2.0 * tp + smooth) / (sg + sz + smooth).clamp_min(1e-8)
-    dice_0 = (2.0 * (count - sg - sz + tp) + smooth) / (2.0 * count - sg - sz + smooth).clamp_min(1e-8)
-    per_class = 1.0 - 0.5 * (dice_0 + dice_j)
-    return torch.where(annotated, per_class, torch.zeros_like(per_class)).sum(dim=1).mean()
+    per_class = ath_dice_losses(aux_logits, target, voxel_mask=voxel_mask, smooth=smooth)
+    return supervised_ath_sum(per_class, annotated).mean()
+
+
+def supervised_ath_sum(per_class: Tensor, annotated: Tensor) -> Tensor:
+    """Per-sample sum of ATH terms ``(B, N)`` over the annotated organs ``j in Phi``, ``(B,)``."""
+    b, n = per_class.shape
+    annotated = _check_annotated(annotated, b, n + 1).to(per_class.device)[:, 1:]
+    return torch.where(annotated, per_class, torch.zeros_like(per_class)).sum(dim=1)
+
+
+def _msh_ath_sums(
+    logits: Tensor, aux_logits: Tensor, target: Tensor | None, probs: Tensor | None, stop_grad_aux: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """``(sg, tp, terms, iou, label)`` of :class:`_ATHSums` for the MSH/ATH pair (shared by the TCT terms)."""
+    b, c = logits.shape[:2]
+    _check_aux(aux_logits, b, c - 1, tuple(logits.shape[2:]))
+    label = None
+    if target is not None:
+        label = _check_target(logits, target).reshape(b, -1)
+    x = logits.float()
+    # softmax over dim 1 of the (B, C, *spatial) tensor: on (B, C, V) the CPU kernel is slower
+    p = torch.softmax(x, dim=1) if probs is None else probs
+    d = _ath_logit_difference(aux_logits).reshape(b, c - 1, -1)
+    sg, tp, sq = _ATHSums.apply(d, p.reshape(b, c, -1)[:, 1:], label, None, not stop_grad_aux)
+    # A 2-channel softmax is a sigmoid of the logit difference: g_j^j = sigmoid(a_j - a_0),
+    # g_j^0 = 1 - g_j^j. Then (1 - p^j) - g_j^0 = g_j^j - p^j, so both squares of Eq. 5's term
+    # are equal and term_j = mean_v (p^j - g_j^j)^2.
+    terms = sq / d.shape[2]
+    return sg, tp, terms, _msh_ath_iou(x.reshape(b, c, -1), d), label
+
+
+def tct_head_terms(
+    logits: Tensor,
+    aux_logits: Tensor,
+    target: Tensor,
+    *,
+    probs: Tensor | None = None,
+    stop_grad_aux: bool = False,
+    smooth: float = DEFAULT_SMOOTH,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Everything TCT takes from the ATHs, in one pass over ``(B, N, *spatial)`` (Eq. 3–6).
+
+    Returns ``(ath_dice, terms, iou)``, each ``(B, N)`` float32: :func:`ath_dice_losses` and
+    :func:`consistency_terms` of the same heads, with the ATHs' sigmoid computed once for both and
+    one hand-written backward (:class:`_ATHSums`).
+
+    Args:
+        logits: ``(B, N + 1, *spatial)`` MSH logits.
+        aux_logits: ``(B, N, 2, *spatial)`` or ``(B, N, 1, *spatial)`` (see :func:`ath_dice_losses`).
+        target: ``(B, *spatial)`` int in ``0..N``.
+        probs: ``softmax(logits.float(), 1)`` when the caller has it already (TCT's ``L_main``).
+        stop_grad_aux: ``terms`` sends no gradient into the ATHs (``ath_dice`` still does).
+    """
+    sg, tp, terms, iou, label = _msh_ath_sums(logits, aux_logits, target, probs, stop_grad_aux)
+    assert label is not None
+    return _ath_dice_per_class(sg, tp, label, None, smooth), terms, iou
 
 
 def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -596,34 +797,12 @@ def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tenso
     Args:
         logits: ``(B, N + 1, *spatial)`` MSH logits.
         aux_logits: ``(B, N, 2, *spatial)`` ATH logits, or ``(B, N, 1, *spatial)`` their
-            difference ``a_j^j - a_j^0`` (see :func:`aux_dice_loss`).
+            difference ``a_j^j - a_j^0`` (see :func:`ath_dice_losses`).
 
     Returns:
         ``terms`` ``(B, N)`` float32 (differentiable), ``iou`` ``(B, N)`` float32.
     """
-    b, c = logits.shape[:2]
-    if aux_logits.shape not in ((b, c - 1, 2, *logits.shape[2:]), (b, c - 1, 1, *logits.shape[2:])):
-        expected = (b, c - 1, 2, *logits.shape[2:])
-        raise ValueError(f"aux_logits must be (B, N, 2, *spatial) = {expected}, got {tuple(aux_logits.shape)}")
-    x = logits.float()
-    p = torch.softmax(x, dim=1)[:, 1:]  # (B, N, *spatial)
-    # A 2-channel softmax is a sigmoid of the logit difference: g_j^j = sigmoid(a_j - a_0),
-    # g_j^0 = 1 - g_j^j. Then (1 - p^j) - g_j^0 = g_j^j - p^j, so both squares of the term are
-    # equal and term_j = mean_v (p^j - g_j^j)^2: the same value with a fraction of the work
-    # (this runs on (B, N, X, Y, Z) every step, beside a network that is the only other cost).
-    d = _ath_logit_difference(aux_logits)  # (B, N, *spatial)
-    diff = p - torch.sigmoid(d)
-    terms = (diff * diff).mean(dim=_spatial_dims(diff))
-    with torch.no_grad():
-        # max(dim).indices is argmax (first maximum on ties), several times faster on CPU
-        label = x.max(dim=1).indices.reshape(b, -1)  # (B, V)
-        ath = (d > 0).reshape(b, c - 1, -1)  # argmax over (background, j) picks j only when strictly larger
-        # |MSH_j ∩ ATH_j|: the ATH of the MSH's label, at each voxel the MSH labels with an organ
-        hit = torch.gather(ath, 1, (label - 1).clamp_min(0).unsqueeze(1)).squeeze(1) & (label > 0)
-        inter = _per_label_sum(hit.long(), label, c)[:, 1:]
-        msh_size = _per_label_sum(torch.ones_like(label), label, c)[:, 1:]
-        union = msh_size + ath.sum(dim=2) - inter
-        iou = torch.where(union > 0, inter.double() / union.clamp_min(1).double(), 1.0).float()
+    _, _, terms, iou, _ = _msh_ath_sums(logits, aux_logits, None, None, False)
     return terms, iou
 
 
