@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from tests.training.reference_losses import reference_ath_terms, reference_marginal_loss
 from partialseg.training.losses import DEFAULT_SMOOTH as S
 from partialseg.training.losses import (
     annotated_channel_mask,
@@ -487,48 +488,6 @@ def test_shape_errors():
 # The losses avoid one-hot tensors and merged-probability maps, and TCT's ATH terms have a
 # hand-written backward (_ATHSums). These references are the formulas as written (float64, plain
 # autograd): values and gradients must agree.
-def _ref_merged(logits: torch.Tensor, target: torch.Tensor, ann: torch.Tensor):
-    c = logits.shape[1]
-    p = torch.softmax(logits.double(), 1)
-    extra = (1,) * (logits.ndim - 2)
-    into_bg = ~ann
-    into_bg[:, 0] = True
-    q0 = (p * into_bg.view(*ann.shape, *extra)).sum(1, keepdim=True)
-    q = torch.cat([q0, (p * ann.view(*ann.shape, *extra))[:, 1:]], 1)
-    keep = torch.gather(ann, 1, target.reshape(target.shape[0], -1)).reshape(target.shape)
-    merged = torch.where(keep, target, torch.zeros_like(target))
-    y = torch.nn.functional.one_hot(merged, c).movedim(-1, 1).double()
-    return q, merged, y
-
-
-def _ref_marginal(logits, target, ann, vm=None, ce_weight=1.0):
-    q, merged, y = _ref_merged(logits, target, ann)
-    m = torch.ones(target.shape, dtype=torch.float64) if vm is None else vm.double()
-    ce = -(torch.log(torch.gather(q, 1, merged.unsqueeze(1)).squeeze(1)) * m).sum() / m.sum()
-    dims = tuple(range(2, q.ndim))
-    mm = m.unsqueeze(1)
-    d = (2 * (q * y * mm).sum(dims) + S) / ((q * mm).sum(dims) + (y * mm).sum(dims) + S)
-    per_sample = (d * ann).sum(1) / ann.sum(1)
-    return ce_weight * ce + 1 - per_sample.mean()
-
-
-def _ref_ath(logits, aux, target, vm=None):
-    b, n = aux.shape[:2]
-    g = torch.softmax(aux.double(), 2)
-    classes = torch.arange(1, n + 1).view(1, n, *([1] * (target.ndim - 1)))
-    z = (target.unsqueeze(1) == classes).double()
-    m = (torch.ones(target.shape, dtype=torch.float64) if vm is None else vm.double()).unsqueeze(1)
-    dims = tuple(range(2, z.ndim))
-
-    def dice_(a, y):
-        return (2 * (a * y * m).sum(dims) + S) / ((a * m).sum(dims) + (y * m).sum(dims) + S)
-
-    per_class = 1 - 0.5 * (dice_(g[:, :, 0], 1 - z) + dice_(g[:, :, 1], z))
-    p = torch.softmax(logits.double(), 1)[:, 1:]
-    terms = (0.5 * (((1 - p) - g[:, :, 0]) ** 2 + (p - g[:, :, 1]) ** 2)).mean(dims)
-    return per_class, terms
-
-
 def _fast_case(seed: int = 11):
     g = torch.Generator().manual_seed(seed)
     logits = (3 * torch.randn(3, 5, 6, 5, 4, generator=g)).requires_grad_(True)
@@ -556,20 +515,20 @@ def test_marginal_losses_match_the_literal_reference(masked):
     logits, _, target, ann, vm = _fast_case()
     vm = vm if masked else None
     _assert_same_value_and_grads(
-        marginal_loss(logits, target, ann, voxel_mask=vm), _ref_marginal(logits, target, ann, vm), (logits,)
+        marginal_loss(logits, target, ann, voxel_mask=vm), reference_marginal_loss(logits, target, ann, vm), (logits,)
     )
     _assert_same_value_and_grads(
-        marginal_dice_loss(logits, target, ann, voxel_mask=vm), _ref_marginal(logits, target, ann, vm, 0.0), (logits,)
+        marginal_dice_loss(logits, target, ann, voxel_mask=vm), reference_marginal_loss(logits, target, ann, vm, 0.0), (logits,)
     )
     # the probabilities handed in by TCT give the same loss and the same gradient through them
     probs = torch.softmax(logits.float(), 1)
     _assert_same_value_and_grads(
         marginal_dice_loss(logits, target, ann, voxel_mask=vm, probs=probs),
-        _ref_marginal(logits, target, ann, vm, 0.0),
+        reference_marginal_loss(logits, target, ann, vm, 0.0),
         (logits,),
     )
     everyone = annotated_channel_mask([frozenset(range(1, 5))] * 3, 5)
-    _assert_same_value_and_grads(full_loss(logits, target, voxel_mask=vm), _ref_marginal(logits, target, everyone, vm), (logits,))
+    _assert_same_value_and_grads(full_loss(logits, target, voxel_mask=vm), reference_marginal_loss(logits, target, everyone, vm), (logits,))
 
 
 def test_ath_terms_match_the_literal_reference():
@@ -577,7 +536,7 @@ def test_ath_terms_match_the_literal_reference():
     w1, w2 = torch.rand(3, 4, generator=torch.Generator().manual_seed(2)), torch.rand(3, 4)
 
     def ref(vm=None):
-        ref_dice, ref_terms = _ref_ath(logits, aux, target, vm)
+        ref_dice, ref_terms = reference_ath_terms(logits, aux, target, vm)
         return (ref_dice * w1).sum() + (ref_terms * w2).sum()
 
     dice_, terms, iou = tct_head_terms(logits, aux, target)
@@ -588,16 +547,33 @@ def test_ath_terms_match_the_literal_reference():
     _assert_same_value_and_grads((dice_d * w1).sum() + (terms_d * w2).sum(), ref(), (logits, aux))
     assert torch.equal(iou, iou_d) and torch.equal(iou, consistency_terms(logits, aux)[1])
     _assert_same_value_and_grads(
-        (ath_dice_losses(aux, target, voxel_mask=vm) * w1).sum(), (_ref_ath(logits, aux, target, vm)[0] * w1).sum(), (aux,)
+        (ath_dice_losses(aux, target, voxel_mask=vm) * w1).sum(), (reference_ath_terms(logits, aux, target, vm)[0] * w1).sum(), (aux,)
     )
     _assert_same_value_and_grads(
         aux_dice_loss(aux, target, ann),
-        torch.where(ann[:, 1:], _ref_ath(logits, aux, target)[0], 0.0).sum(1).mean(),
+        torch.where(ann[:, 1:], reference_ath_terms(logits, aux, target)[0], 0.0).sum(1).mean(),
         (logits, aux),
     )
     # stop_grad_aux: the consistency pulls only the MSH; L_aux still trains the ATHs
     _, terms_s, _ = tct_head_terms(logits, aux, target, stop_grad_aux=True)
     g_logits, g_aux = torch.autograd.grad(terms_s.sum(), (logits, aux), allow_unused=True)
     assert g_aux is None or g_aux.abs().max() == 0
-    (g_ref,) = torch.autograd.grad(_ref_ath(logits, aux, target)[1].sum(), logits)
+    (g_ref,) = torch.autograd.grad(reference_ath_terms(logits, aux, target)[1].sum(), logits)
     torch.testing.assert_close(g_logits.double(), g_ref.double(), atol=1e-6, rtol=1e-4)
+
+
+def test_loss_step_benchmark_runs(capsys, monkeypatch):
+    """benchmarks/loss_step.py on tiny tensors (a smoke test: the script must not rot), values agreeing."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))  # it imports train_step's batch
+    spec = importlib.util.spec_from_file_location("loss_step_benchmark", folder / "loss_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--patch", "8", "8", "4", "--organs", "3", "--steps", "1", "--threads", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("full_loss", "marginal", "TCT"))]
+    assert len(rows) == 4
+    assert all(float(row.split()[-1]) < 1e-4 for row in rows)  # |value diff| against the literal formulas

@@ -216,7 +216,7 @@ class TCT(Method):
         target, annotated = batch.target, batch.annotated
 
         # one softmax of the MSH for L_main and L_con (the CE variant has its own log-softmax)
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.softmax(logits.float(), dim=1) if o.consistency or o.main_ce_weight == 0 else None
         if o.main_ce_weight > 0:
             l_main = L.marginal_loss(logits, target, annotated, ce_weight=o.main_ce_weight, dice_weight=1.0)
         else:
