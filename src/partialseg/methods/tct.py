@@ -69,8 +69,9 @@ class TCTOptions:
             learning rate (3e-3, 30x the paper's) that happened to 7 of 15 organs (README, Results).
         aux_kernel_size: kernel of the ATH conv: 0 = the MSH's (the paper's heads are alike; 3 for
             the Table-6 U-Net), 3 = 3x3x3 whatever the MSH is, 1 = a pointwise conv. On the CPU the
-            Table-6 U-Net's TCT step is 1.07x marginal's with 3x3x3 ATHs (their full-resolution conv is
-            what is left of the overhead) and 1.01-1.03x with pointwise ones (README, "Other measurements").
+            Table-6 U-Net's TCT step is 1.06-1.09x marginal's with 3x3x3 ATHs (their full-resolution conv
+            is most of what is left of the overhead) and 1.01-1.08x with pointwise ones (README, "Other
+            measurements").
     """
 
     lam: float = 1.0
