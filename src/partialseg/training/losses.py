@@ -650,9 +650,12 @@ class _ATHSums(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_sg: Tensor, g_tp: Tensor, g_sq: Tensor):  # type: ignore[override]
         g, e, idx, w_organ, weight = ctx.saved_tensors
-        grad = g_sg.unsqueeze(2) * (weight.unsqueeze(1) if weight is not None else torch.ones_like(g))
+        grad = g_sg.unsqueeze(2) if weight is None else g_sg.unsqueeze(2) * weight.unsqueeze(1)
+        # one pass builds the full-size buffer: addcmul broadcasts the (B, N, 1) part
         if e is not None and ctx.sq_grad_to_d:
-            grad.addcmul_(e, g_sq.unsqueeze(2), value=-2.0)
+            grad = torch.addcmul(grad, e, g_sq.unsqueeze(2), value=-2.0)
+        else:
+            grad = grad.expand_as(g).contiguous()
         if idx is not None:
             at_label = torch.gather(g_tp, 1, idx.squeeze(1)) * w_organ  # (B, V)
             grad.scatter_add_(1, idx, at_label.unsqueeze(1))
@@ -763,14 +766,11 @@ def supervised_ath_sum(per_class: Tensor, annotated: Tensor) -> Tensor:
 
 
 def _msh_ath_sums(
-    logits: Tensor, aux_logits: Tensor, target: Tensor | None, probs: Tensor | None, stop_grad_aux: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-    """``(sg, tp, terms, iou, label)`` of :class:`_ATHSums` for the MSH/ATH pair (shared by the TCT terms)."""
+    logits: Tensor, aux_logits: Tensor, label: Tensor | None, probs: Tensor | None, stop_grad_aux: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(sg, tp, terms, iou)`` of :class:`_ATHSums` for the MSH/ATH pair; ``label`` ``(B, V)`` or None."""
     b, c = logits.shape[:2]
     _check_aux(aux_logits, b, c - 1, tuple(logits.shape[2:]))
-    label = None
-    if target is not None:
-        label = _check_target(logits, target).reshape(b, -1)
     x = logits.float()
     # softmax over dim 1 of the (B, C, *spatial) tensor: on (B, C, V) the CPU kernel is slower
     p = torch.softmax(x, dim=1) if probs is None else probs
@@ -780,7 +780,7 @@ def _msh_ath_sums(
     # g_j^0 = 1 - g_j^j. Then (1 - p^j) - g_j^0 = g_j^j - p^j, so both squares of Eq. 5's term
     # are equal and term_j = mean_v (p^j - g_j^j)^2.
     terms = sq / d.shape[2]
-    return sg, tp, terms, _msh_ath_iou(x.reshape(b, c, -1), d), label
+    return sg, tp, terms, _msh_ath_iou(x.reshape(b, c, -1), d)
 
 
 def tct_head_terms(
@@ -805,8 +805,8 @@ def tct_head_terms(
         probs: ``softmax(logits.float(), 1)`` when the caller has it already (TCT's ``L_main``).
         stop_grad_aux: ``terms`` sends no gradient into the ATHs (``ath_dice`` still does).
     """
-    sg, tp, terms, iou, label = _msh_ath_sums(logits, aux_logits, target, probs, stop_grad_aux)
-    assert label is not None
+    label = _check_target(logits, target).reshape(logits.shape[0], -1)
+    sg, tp, terms, iou = _msh_ath_sums(logits, aux_logits, label, probs, stop_grad_aux)
     return _ath_dice_per_class(sg, tp, label, None, smooth), terms, iou
 
 
@@ -827,7 +827,7 @@ def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tenso
     Returns:
         ``terms`` ``(B, N)`` float32 (differentiable), ``iou`` ``(B, N)`` float32.
     """
-    _, _, terms, iou, _ = _msh_ath_sums(logits, aux_logits, None, None, False)
+    _, _, terms, iou = _msh_ath_sums(logits, aux_logits, None, None, False)
     return terms, iou
 
 
