@@ -87,17 +87,26 @@ def test_identical_masks():
 
 
 def test_empty_conventions():
+    # both empty: undefined (nan); one empty: DSC 0 and the field-of-view diagonal as HD95 penalty
     empty = np.zeros((5, 5, 5), bool)
     full = _cube((5, 5, 5), (1, 1, 1), 2)
-    assert dice(empty, empty) == 1.0
-    assert hd95(empty, empty, ANISO) == 0.0
+    diagonal = math.sqrt(sum((5 * s) ** 2 for s in ANISO))
+    assert M.fov_diagonal((5, 5, 5), ANISO) == pytest.approx(diagonal)
+    assert math.isnan(dice(empty, empty))
+    assert math.isnan(hd95(empty, empty, ANISO))
     for pred, ref in ((empty, full), (full, empty)):
         assert dice(pred, ref) == 0.0
-        assert math.isnan(hd95(pred, ref, ANISO))
+        assert hd95(pred, ref, ANISO) == pytest.approx(diagonal)
     m = M.compare_masks(empty, full, ANISO)
-    assert (m.dsc, m.pred_empty, m.ref_empty) == (0.0, True, False) and math.isnan(m.hd95)
+    assert (m.dsc, m.pred_empty, m.ref_empty, m.penalised) == (0.0, True, False, True)
+    assert m.hd95 == pytest.approx(diagonal)
+    m = M.compare_masks(full, empty, ANISO)
+    assert (m.dsc, m.pred_empty, m.ref_empty, m.penalised) == (0.0, False, True, True)
     m = M.compare_masks(empty, empty)
-    assert m == M.MaskMetrics(1.0, 0.0, True, True)
+    assert math.isnan(m.dsc) and math.isnan(m.hd95) and m.pred_empty and m.ref_empty and not m.penalised
+    assert not M.compare_masks(full, full, ANISO).penalised
+    # unit spacing: the diagonal of a 5x5x5 grid is 5*sqrt(3)
+    assert M.compare_masks(full, empty).hd95 == pytest.approx(5 * math.sqrt(3))
 
 
 def test_surface_voxels_match_scipy_erosion():
@@ -202,6 +211,8 @@ def test_label_map_metrics_per_class():
         expected = M.compare_masks(pred == c, ref == c, ANISO)
         assert out[c].dsc == pytest.approx(expected.dsc) and out[c].hd95 == pytest.approx(expected.hd95)
         assert out[c].hd95 == pytest.approx(_monai_hd(pred == c, ref == c, ANISO), rel=2e-5)
-    assert out[3].pred_empty and not out[3].ref_empty and math.isnan(out[3].hd95) and out[3].dsc == 0.0
-    assert out[4] == M.MaskMetrics(1.0, 0.0, True, True)
+    diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(ref.shape, ANISO)))
+    assert out[3].pred_empty and not out[3].ref_empty and out[3].dsc == 0.0
+    assert out[3].penalised and out[3].hd95 == pytest.approx(diagonal)
+    assert math.isnan(out[4].dsc) and math.isnan(out[4].hd95) and out[4].pred_empty and out[4].ref_empty
     assert list(out) == [1, 2, 3, 4]

@@ -141,7 +141,8 @@ def test_fused_heads_give_the_plain_heads_loss_and_gradients(options):
 @pytest.mark.parametrize(
     "options",
     [{}, {"weighting": "uwl"}, {"weighting": "none"}, {"filtering": False}, {"stop_grad_aux": True},
-     {"consistency_classes": "unlabelled", "threshold": "batch-mean"}, {"threshold": 0.5}],
+     {"consistency_classes": "unlabelled", "threshold": "batch-mean"}, {"threshold": 0.5},
+     {"absent_classes": "drop"}, {"absent_classes": "in_median"}],
 )
 def test_loss_finite_and_every_trainable_parameter_gets_a_gradient(options):
     model = make_model(options)
@@ -150,6 +151,8 @@ def test_loss_finite_and_every_trainable_parameter_gets_a_gradient(options):
     assert {"loss", "l_main", "l_aux", "l_con", "w", "con_kept"} <= set(logs)
     assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values())
     assert 0.0 <= logs["con_kept"] <= 1.0
+    assert 0 <= logs["con_present_kept"] <= logs["con_present"]
+    assert ("con_present_kept_literal" in logs) == options.get("filtering", True)
     if options.get("weighting", "uauwl") == "uauwl":
         assert {"s_main", "s_aux"} <= set(logs)
     loss.backward()

@@ -247,10 +247,10 @@ def test_consistency_terms_hand_value_and_iou():
         assert terms[0, j - 1].item() == pytest.approx(s / 3, abs=1e-6)
     # MSH_1 = {1}, ATH_1 = {0} → 0/2; MSH_2 = {2}, ATH_2 = {2} → 1
     assert iou.tolist() == [[0.0, 1.0]]
-    # both masks empty → IoU 1
+    # both masks empty → IoU undefined (nan), which the filter treats by its `absent` option
     empty_msh = logits_from([[5.0, 0.0, 0.0]] * 3)
     empty_ath = t([[[[3.0, -3.0]] * 3] * 2]).permute(0, 1, 3, 2)
-    assert consistency_terms(empty_msh, empty_ath)[1].tolist() == [[1.0, 1.0]]
+    assert torch.isnan(consistency_terms(empty_msh, empty_ath)[1]).all()
 
 
 def test_ath_logits_as_their_difference_give_the_same_losses_and_gradients():
@@ -306,6 +306,33 @@ def test_keep_mask_median_mean_batch_mean_fixed():
     assert consistency_keep_mask(iou, everyone, 0.35).tolist() == [[False, True, True, False], [False, True, True, True]]
     with pytest.raises(ValueError):
         consistency_keep_mask(iou, everyone, "max")
+
+
+def test_consistency_filter_leaves_absent_organs_out_of_the_median():
+    # issue 12: 15 organs, 4 present with IoUs 0.61-0.88, 11 absent from both heads (IoU nan)
+    present = [0.61, 0.70, 0.79, 0.88]
+    iou = torch.full((1, 15), float("nan"))
+    iou[0, [2, 5, 9, 13]] = t(present)
+    everyone = torch.ones(1, 15, dtype=torch.bool)
+    # median of the 4 present = (0.70 + 0.79) / 2 = 0.745: 0.79 and 0.88 pass
+    want_present = {9, 13}
+    keep = consistency_keep_mask(iou, everyone, "median", "keep")[0]
+    assert {j for j in (2, 5, 9, 13) if keep[j]} == want_present
+    assert all(keep[j] for j in range(15) if j not in (2, 5, 9, 13))  # absent terms kept
+    drop = consistency_keep_mask(iou, everyone, "median", "drop")[0]
+    assert {j for j in range(15) if drop[j]} == want_present
+    # the literal reading: 11 IoUs of 1 make theta = 1 and filter out every present organ
+    literal = consistency_keep_mask(iou, everyone, "median", "in_median")[0]
+    assert not any(literal[j] for j in (2, 5, 9, 13)) and literal.sum() == 11
+    # means and a fixed threshold ignore absent classes too; a sample with no present class keeps
+    # only its absent terms under "keep", nothing under "drop"
+    assert {j for j in range(15) if consistency_keep_mask(iou, everyone, "mean", "drop")[0][j]} == {9, 13}
+    assert {j for j in range(15) if consistency_keep_mask(iou, everyone, 0.75, "drop")[0][j]} == {9, 13}
+    none = torch.full((1, 3), float("nan"))
+    assert consistency_keep_mask(none, torch.ones(1, 3, dtype=torch.bool), "median", "keep").all()
+    assert not consistency_keep_mask(none, torch.ones(1, 3, dtype=torch.bool), "median", "drop").any()
+    with pytest.raises(ValueError, match="absent"):
+        consistency_keep_mask(iou, everyone, "median", "sometimes")
 
 
 def test_consistency_loss_keeps_terms_at_or_above_median_iou():

@@ -1,16 +1,18 @@
 """Evaluate predicted label maps against references, per organ per case, then per organ.
 
-Protocol (methods.md, "Data conventions" → Evaluation; the TCT and IPnP tables):
+Protocol (methods.md, "Data conventions" → Evaluation; Metrics Reloaded; the TCT and IPnP tables):
 
 - per case and organ: DSC and HD95 in mm (voxel spacing from the reference's affine);
 - an organ is evaluated in a case only if the reference *annotates* it. Full references
   (``labelsRef`` or any user folder) annotate every class; a partially labelled ``labelsTr``
-  annotates the classes dataset.json lists for the case. Annotated but absent from the
-  reference (both empty) scores DSC 1, HD95 0;
-- per organ: mean (± population std) DSC over the evaluated cases; mean HD95 over the cases
-  where it is finite, with the number of missing values (exactly one mask empty) beside it,
-  and the number of cases whose prediction misses an organ the reference contains;
-- a mean row: the unweighted mean of the per-organ means (each organ counts once).
+  annotates the classes dataset.json lists for the case;
+- annotated but absent from both reference and prediction: the pair is undefined (``nan``), left
+  out of every mean and counted (``n_both_empty``);
+- missed (reference has the organ, prediction not) or spurious (the reverse): DSC 0 and HD95 =
+  the diagonal of the image's field of view in mm, counted (``n_missed``, ``n_spurious``) and
+  averaged in: a method that misses organs must not get a better HD95 for it;
+- per organ: mean (± population std) DSC and HD95 over the defined pairs;
+- a mean row: the unweighted mean of the per-organ means (each organ counts once), counts summed.
 
 ``aggregate`` and ``organ_table_rows``/``markdown_table`` work on plain per-case records, so
 benchmark tables that put several methods side by side reuse them.
@@ -30,12 +32,14 @@ import numpy as np
 
 from partialseg.errors import InputError
 from partialseg.evaluation.metrics import Spacing, label_map_metrics
-from partialseg.io import Volume, check_same_grid, load_volume, write_json_atomic, write_text_atomic
+from partialseg.io import Volume, check_can_write, check_same_grid, load_volume, write_json_atomic, write_text_atomic
 from partialseg.labels import LabelSpace
 
 __all__ = [
+    "CONVENTION",
     "EvaluationResult",
     "aggregate",
+    "case_means",
     "evaluate_case",
     "evaluate_folders",
     "format_csv",
@@ -45,33 +49,32 @@ __all__ = [
     "organ_table_rows",
 ]
 
-#: Per-case per-organ record: {"dsc": float, "hd95": float (nan = missing), "pred_empty": bool, "ref_empty": bool}
+#: Names the metric conventions of this module; results written under another one (or none: the
+#: conventions before it, where both-empty pairs scored DSC 1 and missed organs had no HD95) are stale.
+CONVENTION = "metrics-reloaded-fov-penalty-v1"
+
+#: Per-case per-organ record: {"dsc": float, "hd95": float (nan/None = undefined), "pred_empty": bool,
+#: "ref_empty": bool, "penalised": bool}
 OrganRecord = Mapping[str, Any]
 #: {case id: {organ name: OrganRecord}}; only organs the case's reference annotates appear.
 PerCase = Mapping[str, Mapping[str, OrganRecord]]
 
-CSV_COLUMNS = (
-    "organ",
-    "n_cases",
-    "dsc_mean",
-    "dsc_std",
-    "hd95_mean",
-    "hd95_std",
-    "hd95_n",
-    "hd95_missing",
-    "n_pred_empty",
-    "n_ref_empty",
-    "n_spurious",
-)
+COUNT_KEYS = ("n_cases", "n_evaluated", "n_both_empty", "n_missed", "n_spurious")
+
+CSV_COLUMNS = ("organ", *COUNT_KEYS[:1], "dsc_mean", "dsc_std", "hd95_mean", "hd95_std", *COUNT_KEYS[1:])
 
 TABLE_NOTES = (
-    "DSC: mean ± std over the n cases whose reference annotates the organ (an annotated organ absent from both "
-    "reference and prediction scores 1).",
-    "HD95 (mm): mean ± std over the cases where it is finite; 'HD95 missing' counts cases where exactly one of "
-    "prediction and reference is empty (HD95 undefined).",
-    "'Empty pred': cases where the reference contains the organ and the prediction has none of it.",
+    "DSC and HD95 (mm): mean ± std over the cases whose reference annotates the organ, leaving out pairs where "
+    "reference and prediction are both empty (undefined; counted under 'both empty').",
+    "A missed organ (in the reference, not predicted) or a spurious one (predicted, not in the reference) scores "
+    "DSC 0 and HD95 = the diagonal of the image's field of view in mm; both are in the means and counted.",
     "Mean row: unweighted mean of the organ means; its counts are totals.",
 )
+
+
+def _value(v: Any) -> float:
+    """A stored metric as a float; ``None`` (JSON null) is ``nan``."""
+    return math.nan if v is None else float(v)
 
 
 # ---- one case ---------------------------------------------------------------------------------
@@ -91,8 +94,9 @@ def evaluate_case(
         annotated: class indices the reference annotates (Phi); ``None`` = every class.
 
     Returns:
-        ``{organ name: {"dsc", "hd95", "pred_empty", "ref_empty"}}`` in label-space order, only
-        for annotated organs; ``hd95`` is ``nan`` when exactly one of the masks is empty.
+        ``{organ name: {"dsc", "hd95", "pred_empty", "ref_empty", "penalised"}}`` in label-space
+        order, only for annotated organs; ``nan`` DSC and HD95 when both masks are empty, DSC 0
+        and the field-of-view diagonal when exactly one is (``penalised``).
     """
     classes = sorted(label_space.all_indices if annotated is None else annotated)
     unknown = [c for c in classes if c not in label_space.all_indices]
@@ -113,6 +117,11 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return float(arr.mean()), float(arr.std())
 
 
+def _defined(r: OrganRecord) -> bool:
+    """False for a pair that is empty in both reference and prediction (no DSC, no HD95)."""
+    return not (bool(r["pred_empty"]) and bool(r["ref_empty"]))
+
+
 def aggregate(per_case: PerCase, organs: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     """Per-organ summary of per-case records.
 
@@ -122,11 +131,11 @@ def aggregate(per_case: PerCase, organs: Iterable[str] | None = None) -> dict[st
             no case evaluates get ``n_cases == 0`` and ``None`` means.
 
     Returns:
-        ``{organ: {n_cases, dsc_mean, dsc_std, hd95_mean, hd95_std, hd95_n, hd95_missing,
-        n_pred_empty, n_ref_empty, n_spurious}}``: ``hd95_n`` finite HD95 values went into the
-        mean, ``hd95_missing`` did not; ``n_pred_empty`` = reference has the organ, prediction
-        not; ``n_ref_empty`` = annotated but absent from the reference; ``n_spurious`` = absent
-        from the reference but predicted.
+        ``{organ: {n_cases, dsc_mean, dsc_std, hd95_mean, hd95_std, n_evaluated, n_both_empty,
+        n_missed, n_spurious}}``: ``n_cases`` references annotate the organ; ``n_evaluated`` of them
+        have it in the reference or the prediction and make the means; ``n_both_empty`` = the rest;
+        ``n_missed`` = in the reference, not predicted; ``n_spurious`` = predicted, not in the
+        reference (both scored DSC 0 and the HD95 penalty).
     """
     if organs is None:
         seen: dict[str, None] = {}
@@ -136,21 +145,19 @@ def aggregate(per_case: PerCase, organs: Iterable[str] | None = None) -> dict[st
     out: dict[str, dict[str, Any]] = {}
     for organ in organs:
         recs = [records[organ] for records in per_case.values() if organ in records]
-        dsc = [float(r["dsc"]) for r in recs]
-        hd = [float(r["hd95"]) for r in recs if r["hd95"] is not None and math.isfinite(r["hd95"])]
-        dsc_mean, dsc_std = _mean_std(dsc)
-        hd_mean, hd_std = _mean_std(hd)
+        defined = [r for r in recs if _defined(r)]
+        dsc_mean, dsc_std = _mean_std([_value(r["dsc"]) for r in defined])
+        hd_mean, hd_std = _mean_std([_value(r["hd95"]) for r in defined])
         out[organ] = {
             "n_cases": len(recs),
             "dsc_mean": dsc_mean,
             "dsc_std": dsc_std,
             "hd95_mean": hd_mean,
             "hd95_std": hd_std,
-            "hd95_n": len(hd),
-            "hd95_missing": len(recs) - len(hd),
-            "n_pred_empty": sum(bool(r["pred_empty"]) and not r["ref_empty"] for r in recs),
-            "n_ref_empty": sum(bool(r["ref_empty"]) for r in recs),
-            "n_spurious": sum(bool(r["ref_empty"]) and not r["pred_empty"] for r in recs),
+            "n_evaluated": len(defined),
+            "n_both_empty": len(recs) - len(defined),
+            "n_missed": sum(not bool(r["ref_empty"]) and bool(r["pred_empty"]) for r in recs),
+            "n_spurious": sum(bool(r["ref_empty"]) and not bool(r["pred_empty"]) for r in recs),
         }
     return out
 
@@ -158,20 +165,32 @@ def aggregate(per_case: PerCase, organs: Iterable[str] | None = None) -> dict[st
 def mean_over_organs(per_organ: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The mean row: unweighted mean of the per-organ means; counts are summed.
 
-    Organs with no evaluated case (or no finite HD95) are left out of that mean, and
-    ``n_organs_dsc``/``n_organs_hd95`` say how many organs each mean covers.
+    Organs with no defined pair are left out of the means, and ``n_organs`` says how many organs
+    the means cover.
     """
     dsc = [o["dsc_mean"] for o in per_organ.values() if o["dsc_mean"] is not None]
     hd = [o["hd95_mean"] for o in per_organ.values() if o["hd95_mean"] is not None]
     row: dict[str, Any] = {
         "dsc_mean": float(np.mean(dsc)) if dsc else None,
         "hd95_mean": float(np.mean(hd)) if hd else None,
-        "n_organs_dsc": len(dsc),
-        "n_organs_hd95": len(hd),
+        "n_organs": len(dsc),
     }
-    for key in ("n_cases", "hd95_n", "hd95_missing", "n_pred_empty", "n_ref_empty", "n_spurious"):
+    for key in COUNT_KEYS:
         row[key] = int(sum(o[key] for o in per_organ.values()))
     return row
+
+
+def case_means(per_case: PerCase, organs: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """Per case: mean DSC and mean HD95 over its defined organ pairs (``nan`` if none), the unit of
+    the paired per-case tests between methods."""
+    out: dict[str, dict[str, float]] = {}
+    for case, records in per_case.items():
+        recs = [r for o, r in records.items() if (organs is None or o in organs) and _defined(r)]
+        out[case] = {
+            "dsc": float(np.mean([_value(r["dsc"]) for r in recs])) if recs else math.nan,
+            "hd95": float(np.mean([_value(r["hd95"]) for r in recs])) if recs else math.nan,
+        }
+    return out
 
 
 # ---- result -----------------------------------------------------------------------------------
@@ -207,17 +226,18 @@ class EvaluationResult:
         counts = {
             "cases": len(per_case),
             "organ_evaluations": sum(len(r) for r in per_case.values()),
-            "hd95_missing": mean["hd95_missing"],
-            "pred_empty": mean["n_pred_empty"],
-            "ref_empty": mean["n_ref_empty"],
+            "evaluated": mean["n_evaluated"],
+            "both_empty": mean["n_both_empty"],
+            "missed": mean["n_missed"],
             "spurious": mean["n_spurious"],
         }
         return cls(tuple(organs), per_case, per_organ, mean, counts, settings or {}, warnings or [], spacings or {})
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict; a missing HD95 (``nan``) becomes ``null``."""
+        """JSON-ready dict; an undefined DSC/HD95 (``nan``) becomes ``null``."""
         return _jsonable(
             {
+                "convention": CONVENTION,
                 "settings": self.settings,
                 "counts": self.counts,
                 "mean": self.mean,
@@ -255,33 +275,26 @@ def _pm(mean: float | None, std: float | None, scale: float = 1.0) -> str:
 def organ_table_rows(
     per_organ: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any] | None = None
 ) -> list[list[str]]:
-    """Rows ``[organ, n, DSC (%), HD95 (mm), HD95 missing, empty pred]``, then the mean row if given."""
-    rows = [
-        [
-            organ,
+    """Rows ``[organ, n, DSC (%), HD95 (mm), missed, spurious, both empty]``, then the mean row if given."""
+
+    def row(name: str, o: Mapping[str, Any], std: bool) -> list[str]:
+        return [
+            name,
             str(o["n_cases"]),
-            _pm(o["dsc_mean"], o["dsc_std"], 100.0),
-            _pm(o["hd95_mean"], o["hd95_std"]),
-            str(o["hd95_missing"]),
-            str(o["n_pred_empty"]),
+            _pm(o["dsc_mean"], o["dsc_std"] if std else None, 100.0),
+            _pm(o["hd95_mean"], o["hd95_std"] if std else None),
+            str(o["n_missed"]),
+            str(o["n_spurious"]),
+            str(o["n_both_empty"]),
         ]
-        for organ, o in per_organ.items()
-    ]
+
+    rows = [row(organ, o, True) for organ, o in per_organ.items()]
     if mean is not None:
-        rows.append(
-            [
-                "**mean**",
-                str(mean["n_cases"]),
-                _pm(mean["dsc_mean"], None, 100.0),
-                _pm(mean["hd95_mean"], None),
-                str(mean["hd95_missing"]),
-                str(mean["n_pred_empty"]),
-            ]
-        )
+        rows.append(row("**mean**", mean, False))
     return rows
 
 
-TABLE_HEADER = ("organ", "n", "DSC (%)", "HD95 (mm)", "HD95 missing", "empty pred")
+TABLE_HEADER = ("organ", "n", "DSC (%)", "HD95 (mm)", "missed", "spurious", "both empty")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -334,6 +347,7 @@ def evaluate_folders(
     out: Path,
     dataset: Path | None = None,
     label_space_name: str = "amos15",
+    overwrite: bool = False,
 ) -> EvaluationResult:
     """Evaluate every reference case ``<case>.nii.gz`` of ``ref_dir`` against ``pred_dir/<case>.nii.gz``.
 
@@ -418,22 +432,27 @@ def evaluate_folders(
             "hd95": "symmetric 95th-percentile Hausdorff distance in mm between surface voxels (mask XOR its "
             "6-connected erosion), linear interpolation; MONAI HausdorffDistanceMetric(percentile=95) with "
             "use_subvoxels=False",
-            "both_empty": "DSC 1, HD95 0",
-            "one_empty": "DSC 0, HD95 missing (null), counted in hd95_missing",
-            "aggregation": "per organ over cases whose reference annotates it; mean row = mean of organ means",
+            "both_empty": "undefined (null), left out of the means, counted in n_both_empty",
+            "one_empty": "DSC 0, HD95 = field-of-view diagonal in mm (penalised), counted in n_missed/n_spurious",
+            "aggregation": "per organ over cases whose reference annotates it, defined pairs only; mean row = "
+            "mean of organ means",
         },
     }
     result = EvaluationResult.from_per_case(
         per_case, label_space.names, settings=settings, warnings=warnings, spacings=spacings
     )
     # an organ no reference contains usually means the wrong label space (--dataset/--labels)
-    absent = [o for o, a in result.per_organ.items() if a["n_cases"] and a["n_ref_empty"] == a["n_cases"]]
+    absent = [o for o, a in result.per_organ.items() if a["n_cases"] and a["n_both_empty"] + a["n_spurious"] == a["n_cases"]]
     if absent:
         result.warnings.append(
-            f"{len(absent)} organ(s) are absent from every reference (scored DSC 1 where not predicted): "
+            f"{len(absent)} organ(s) are absent from every reference (left out where not predicted): "
             + ", ".join(absent)
         )
-    write_json_atomic(result.to_json(), out)
-    write_text_atomic(format_table(result) + "\n", out.with_suffix(".md"))
-    write_text_atomic(format_csv(result), out.with_suffix(".csv"))
+    outputs = [out, out.with_suffix(".md"), out.with_suffix(".csv")]
+    for p in outputs:  # all checked before any is written; never over an input, not over a result unless overwrite
+        check_can_write(p, overwrite=overwrite, inputs=(pred_dir, ref_dir, *([] if ds is None else [ds.root])),
+                        hint="choose a new --out or pass --overwrite")
+    write_json_atomic(result.to_json(), outputs[0])
+    write_text_atomic(format_table(result) + "\n", outputs[1])
+    write_text_atomic(format_csv(result), outputs[2])
     return result

@@ -1,10 +1,14 @@
 """Dice similarity coefficient and 95th-percentile Hausdorff distance on binary masks.
 
-Conventions (methods.md, "Data conventions" → Evaluation):
+Conventions (methods.md, "Data conventions" → Evaluation; Metrics Reloaded, Maier-Hein et al. 2024):
 
-- Both masks empty: DSC 1, HD95 0 (the organ is correctly reported absent).
-- Exactly one empty: DSC 0, HD95 ``nan``. ``nan`` means *missing*: callers count it and
-  report the count; it must never be averaged in or silently dropped.
+- Both masks empty: DSC and HD95 are ``nan`` (undefined, as in nnU-Net and MONAI). Callers leave
+  the pair out of every mean and count it.
+- Exactly one empty (a missed or a spurious organ): DSC 0 and HD95 = the *penalty*, the diagonal
+  of the image's field of view in mm (``sqrt(sum((n_i * s_i)^2))`` over the array's shape ``n`` and
+  spacing ``s``: no two voxels of the image are farther apart), flagged ``penalised``. The papers'
+  HD95 figures (IPnP: 295.9 mm for the sigmoid baseline) count such cases; dropping them would
+  reward a method for missing organs. The masks given must therefore be the whole image.
 
 HD95 reproduces MONAI 1.6's ``HausdorffDistanceMetric(percentile=95)`` (``directed=False``,
 ``distance_metric="euclidean"``, the default ``use_subvoxels=False``):
@@ -46,6 +50,7 @@ __all__ = [
     "MaskMetrics",
     "compare_masks",
     "dice",
+    "fov_diagonal",
     "hausdorff_distance",
     "hd95",
     "label_map_metrics",
@@ -65,14 +70,16 @@ _STENCIL_OFFSETS = 500
 class MaskMetrics:
     """DSC and HD (mm) of one predicted mask against its reference, with the emptiness flags.
 
-    ``hd95`` (mm) is the HD at the requested percentile (95 unless asked otherwise); it is
-    ``nan`` exactly when one of ``pred_empty``/``ref_empty`` is true and the other not.
+    ``hd95`` (mm) is the HD at the requested percentile (95 unless asked otherwise). Both masks
+    empty: ``dsc`` and ``hd95`` are ``nan``. Exactly one empty: ``dsc`` 0, ``hd95`` the field-of-view
+    diagonal, ``penalised`` True.
     """
 
     dsc: float
     hd95: float
     pred_empty: bool
     ref_empty: bool
+    penalised: bool = False
 
     def as_dict(self) -> dict[str, float | bool]:
         return asdict(self)
@@ -272,10 +279,17 @@ def _metrics_in_box(
     return MaskMetrics(dsc, hd, False, False)
 
 
-def _empty_case(pred_empty: bool, ref_empty: bool) -> MaskMetrics:
+def _empty_case(pred_empty: bool, ref_empty: bool, penalty: float) -> MaskMetrics:
     if pred_empty and ref_empty:
-        return MaskMetrics(1.0, 0.0, True, True)
-    return MaskMetrics(0.0, math.nan, pred_empty, ref_empty)
+        return MaskMetrics(math.nan, math.nan, True, True)
+    return MaskMetrics(0.0, penalty, pred_empty, ref_empty, True)
+
+
+def fov_diagonal(shape: Sequence[int], spacing: Spacing = None) -> float:
+    """Diagonal of the field of view in mm, ``sqrt(sum((n_i * s_i)^2))``: HD95's penalty for a missed
+    or spurious organ (no two points of the image are farther apart)."""
+    sp = _as_spacing(spacing, len(shape))
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, sp))))
 
 
 # ---- public functions ------------------------------------------------------------------------
@@ -324,29 +338,30 @@ def compare_masks(
         percentile: in [0, 100]; 95 gives HD95.
 
     Returns:
-        ``MaskMetrics`` with the empty-mask conventions of this module.
+        ``MaskMetrics`` with the empty-mask conventions of this module (the penalty is the
+        diagonal of the masks' whole grid: pass whole images, not crops).
     """
     pred, ref = _as_pair(pred, ref)
     sp_mm = _as_spacing(spacing, pred.ndim)
     _check_percentile(percentile)
     bp, br = _bounding_box(pred), _bounding_box(ref)
     if bp is None or br is None:
-        return _empty_case(bp is None, br is None)
+        return _empty_case(bp is None, br is None, fov_diagonal(pred.shape, sp_mm))
     box = _union_box(bp, br)
     assert box is not None
     return _metrics_in_box(pred[box], ref[box], sp_mm, percentile)
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice similarity coefficient 2|P∩R| / (|P| + |R|) in [0, 1]; both empty → 1.
+    """Dice similarity coefficient 2|P∩R| / (|P| + |R|) in [0, 1]; both empty → ``nan`` (undefined).
 
-    Equals MONAI ``DiceMetric`` whenever ``ref`` is non-empty (MONAI returns ``nan`` for an
-    empty reference; here an empty reference scores 1 if the prediction is empty too, else 0).
+    Equals MONAI ``DiceMetric`` whenever ``ref`` is non-empty; an empty reference with a
+    non-empty prediction scores 0.
     """
     pred, ref = _as_pair(pred, ref)
     total = int(np.count_nonzero(pred)) + int(np.count_nonzero(ref))
     if total == 0:
-        return 1.0
+        return math.nan
     return 2.0 * int(np.count_nonzero(pred & ref)) / total
 
 
@@ -355,8 +370,8 @@ def hausdorff_distance(
 ) -> float:
     """Symmetric (percentile) Hausdorff distance in mm between the surfaces of two masks.
 
-    ``percentile=None`` is the classical maximum. Both empty → 0; exactly one empty → ``nan``
-    (missing; MONAI returns ``inf`` there and ``nan`` for both empty).
+    ``percentile=None`` is the classical maximum. Both empty → ``nan``; exactly one empty → the
+    field-of-view diagonal of the masks' grid (MONAI returns ``inf`` there).
     """
     return compare_masks(pred, ref, spacing, percentile=percentile).hd95
 
@@ -369,7 +384,8 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Spacing = None) -> float:
         spacing: voxel size in mm along each array axis, in array-axis order (``None``: 1 mm).
 
     Returns:
-        The distance in mm; 0 when both masks are empty, ``nan`` when exactly one is empty.
+        The distance in mm; ``nan`` when both masks are empty, the field-of-view diagonal when
+        exactly one is.
     """
     return hausdorff_distance(pred, ref, spacing, percentile=95.0)
 
@@ -414,10 +430,11 @@ def label_map_metrics(
     # find_objects ignores values <= 0; bool has no integer view it accepts, so cast that one
     pred_boxes = ndimage.find_objects(pred.view(np.uint8) if pred.dtype == bool else pred, max_label=n)
     ref_boxes = ndimage.find_objects(ref.view(np.uint8) if ref.dtype == bool else ref, max_label=n)
+    penalty = fov_diagonal(pred.shape, sp_mm)
     for c in classes:
         bp, br = pred_boxes[c - 1], ref_boxes[c - 1]
         if bp is None or br is None:
-            out[c] = _empty_case(bp is None, br is None)
+            out[c] = _empty_case(bp is None, br is None, penalty)
             continue
         box = _union_box(bp, br)
         assert box is not None

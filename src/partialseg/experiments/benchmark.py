@@ -29,6 +29,7 @@ from typing import Any
 
 from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences, load_config
 from partialseg.errors import InputError, PartialsegError
+from partialseg.evaluation.evaluate import CONVENTION
 from partialseg.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("partialseg.benchmark")
@@ -179,7 +180,10 @@ def train_predict_evaluate(spec: RunSpec, cfg: ExperimentConfig, test: Path, *, 
     if not pred.exists():
         predict_folder(run, test / "imagesTr", pred, progress=progress)
     result_file = run / "test_eval.json"
-    if not result_file.exists():
+    if not result_file.exists() or json.loads(result_file.read_text()).get("convention") != CONVENTION:
+        # no result yet, or one scored under older metric conventions: (re-)evaluate
+        for f in (result_file, result_file.with_suffix(".md"), result_file.with_suffix(".csv")):
+            f.unlink(missing_ok=True)
         evaluate_folders(pred, _reference_dir(test), out=result_file, dataset=test)
     return json.loads(result_file.read_text())
 
@@ -294,7 +298,8 @@ def _fmt(v: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def comparison_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
-    """Organ rows × (setting, method) DSC/HD95 columns, a mean row and a '% of upper bound' row."""
+    """Organ rows × (setting, method) DSC/HD95 columns, a mean row, the missed/spurious counts and a
+    '% of upper bound' row. HD95 means include the penalty of missed and spurious organs."""
     cols = [(s, m) for s in result.settings for m in result.methods[s] if (s, m) in result.results]
     if not cols:
         return [], [], []
@@ -303,21 +308,23 @@ def comparison_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]
     for s, m in cols:
         header += [f"{m} {s} DSC", f"{m} {s} HD95"]
     rows, records = [], []
+    counts = ("n_cases", "n_evaluated", "n_both_empty", "n_missed", "n_spurious")
     for organ in organs:
         row = [organ]
         for c in cols:
             o = result.results[c]["per_organ"][organ]
             row += [_fmt(o["dsc_mean"], 100), _fmt(o["hd95_mean"], 1, 1)]
             records.append({"organ": organ, "setting": c[0], "method": c[1], "dsc": o["dsc_mean"], "hd95": o["hd95_mean"],
-                            "hd95_missing": o["hd95_missing"], "n_cases": o["n_cases"]})
+                            **{k: o[k] for k in counts}})
         rows.append(row)
-    mean_row = ["**mean**"]
+    mean_row, miss_row = ["**mean**"], ["missed / spurious organs"]
     for c in cols:
         m = result.results[c]["mean"]
         mean_row += [f"**{_fmt(m['dsc_mean'], 100)}**", f"**{_fmt(m['hd95_mean'], 1, 1)}**"]
+        miss_row += [f"{m['n_missed']} / {m['n_spurious']}", ""]
         records.append({"organ": "mean", "setting": c[0], "method": c[1], "dsc": m["dsc_mean"], "hd95": m["hd95_mean"],
-                        "hd95_missing": m["hd95_missing"], "n_cases": None})
-    rows.append(mean_row)
+                        **{k: m[k] for k in counts}})
+    rows += [mean_row, miss_row]
     ub = result.results.get((UPPER_BOUND, "full"))
     if ub and ub["mean"]["dsc_mean"]:
         pct = ["% of upper bound"]
@@ -328,6 +335,14 @@ def comparison_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]
     return header, rows, records
 
 
+BENCHMARK_NOTES = (
+    "DSC in %, HD95 in mm: mean over the held-out test cases (reference: full labels) of each organ, then over the "
+    "organs. An organ absent from both reference and prediction is left out; a missed or spurious organ scores DSC 0 "
+    "and HD95 = the image's field-of-view diagonal, and is counted in the 'missed / spurious organs' row "
+    "(case × organ instances)."
+)
+
+
 def write_benchmark_tables(result: BenchmarkResult) -> None:
     from partialseg.evaluation.evaluate import markdown_table
 
@@ -335,16 +350,12 @@ def write_benchmark_tables(result: BenchmarkResult) -> None:
     if not rows:
         return
     out = result.out
-    notes = (
-        "DSC in %, HD95 in mm, mean over the held-out test cases (reference: full labels). "
-        "HD95 means exclude cases with an empty prediction; the per-run `test_eval.md` counts them."
-    )
-    write_text_atomic(f"# Benchmark\n\n{notes}\n\n" + markdown_table(header, rows) + "\n", out / "benchmark.md")
+    write_text_atomic(f"# Benchmark\n\n{BENCHMARK_NOTES}\n\n" + markdown_table(header, rows) + "\n", out / "benchmark.md")
     import csv
     import io
 
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["organ", "setting", "method", "dsc", "hd95", "hd95_missing", "n_cases"])
+    w = csv.DictWriter(buf, fieldnames=list(records[0]))
     w.writeheader()
     w.writerows(records)
     write_text_atomic(buf.getvalue(), out / "benchmark.csv")

@@ -39,6 +39,7 @@ def summary(result: BenchmarkResult) -> str:
     for (setting, method), r in result.results.items():
         m = r["mean"]
         lines.append(f"{method:>10} on {setting}: mean DSC {100 * (m['dsc_mean'] or 0):.1f} %, "
-                     f"mean HD95 {m['hd95_mean'] or float('nan'):.1f} mm")
+                     f"mean HD95 {m['hd95_mean'] or float('nan'):.1f} mm (missed organs penalised), "
+                     f"{m['n_missed']} missed and {m['n_spurious']} spurious organ instances")
     lines.append(f"\nEverything is in {result.out}: benchmark.md/.csv, benchmark_dsc.png, runs/*/ (model, log.csv, curves.png, predictions).")
     return "\n".join(lines)

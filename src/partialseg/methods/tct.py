@@ -55,6 +55,11 @@ class TCTOptions:
             or a fixed number in [0, 1] such as 0.5.
         consistency_classes: which classes j take part in ``L_con``: ``"all"`` (j in Omega, as
             Eq. 6 prints) or ``"unlabelled"`` (j in Phi^c only).
+        absent_classes: a class that both the MSH and its ATH predict nowhere in a sample has no
+            IoU. ``"keep"``: left out of theta, its consistency term kept; ``"drop"``: left out of
+            both; ``"in_median"``: IoU 1 in theta and kept (the literal reading; with most organs
+            absent from a patch theta becomes 1 and every present organ is filtered out). The
+            paper is silent; the default is the one chosen on validation (docs/results.md).
         stop_grad_aux: detach the ATH side of ``L_con`` (only the MSH is pulled to the ATHs).
         weighting: ``"uauwl"`` (Eq. 7: one log-variance for L_main, one shared by all ATHs),
             ``"uwl"`` (Table 9's UWL: one for L_main and one per ATH, N + 1 in all) or ``"none"``
@@ -78,6 +83,7 @@ class TCTOptions:
     rampup_fraction: float = 0.4
     threshold: str | float = "median"
     consistency_classes: str = "all"
+    absent_classes: str = "keep"
     stop_grad_aux: bool = False
     weighting: str = "uauwl"
     filtering: bool = True
@@ -113,6 +119,8 @@ class TCTOptions:
         self.threshold = th
         if self.consistency_classes not in L.CONSISTENCY_CLASSES:
             raise bad("consistency_classes", self.consistency_classes, f"one of {list(L.CONSISTENCY_CLASSES)}")
+        if self.absent_classes not in L.ABSENT_CLASSES:
+            raise bad("absent_classes", self.absent_classes, f"one of {list(L.ABSENT_CLASSES)}")
         if self.weighting not in WEIGHTINGS:
             raise bad("weighting", self.weighting, f"one of {list(WEIGHTINGS)}")
         if isinstance(self.aux_kernel_size, bool) or self.aux_kernel_size not in (0, 1, 3):
@@ -263,14 +271,25 @@ class TCT(Method):
                 participating = torch.ones_like(terms, dtype=torch.bool)
             else:
                 participating = ~annotated[:, 1:].to(terms.device)
-            keep = L.consistency_keep_mask(iou, participating, o.threshold) if o.filtering else participating
+            if o.filtering:
+                keep = L.consistency_keep_mask(iou, participating, o.threshold, o.absent_classes)
+            else:
+                keep = participating
             # Eq. 6: kept terms summed over j, per sample, then the batch mean
             l_con = torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=1).mean()
             total = total + w * l_con
             logs["l_con"] = l_con
             logs["w"] = torch.tensor(w)
             logs["con_kept"] = keep.sum() / participating.sum().clamp_min(1)
-            logs["iou_mean"] = torch.where(participating, iou, torch.zeros_like(iou)).sum() / participating.sum().clamp_min(1)
+            # (sample, class) terms of organs at least one head predicts, and how many pass the filter;
+            # "_literal": how many the literal reading (absent classes as IoU 1 in theta) would pass
+            present = participating & ~torch.isnan(iou)
+            logs["con_present"] = present.sum()
+            logs["con_present_kept"] = (keep & present).sum()
+            if o.filtering:
+                literal = L.consistency_keep_mask(iou, participating, o.threshold, "in_median")
+                logs["con_present_kept_literal"] = (literal & present).sum()
+            logs["iou_mean"] = torch.where(present, iou, torch.zeros_like(iou)).sum() / present.sum().clamp_min(1)
         logs = {"loss": total, **logs}
         # one device-to-host transfer for all the logged numbers
         values = torch.stack([v.detach().float().reshape(()).to(total.device) for v in logs.values()]).tolist()

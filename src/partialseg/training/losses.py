@@ -71,6 +71,11 @@ DEFAULT_SMOOTH = 1e-5
 EXCLUSION_FORMS = ("dice", "ce", "dice+ce")
 THRESHOLD_MODES = ("median", "mean", "batch-mean")
 CONSISTENCY_CLASSES = ("all", "unlabelled")
+#: What TCT's filter does with a class that both the MSH and its ATH predict nowhere in a sample (IoU
+#: undefined): "keep" its term and leave it out of theta, "drop" both, "in_median" = IoU 1 in theta and
+#: kept (the literal reading before this fix: with most organs absent, theta = 1 filtered out every
+#: present organ)
+ABSENT_CLASSES = ("keep", "drop", "in_median")
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -691,7 +696,7 @@ def _msh_ath_iou(logits: Tensor, d: Tensor) -> Tensor:
 
     ``logits`` ``(B, N + 1, V)``, ``d`` ``(B, N, V)``. MSH_j = ``{argmax_c = j}`` (first maximum on
     ties), ATH_j = ``{d_j > 0}`` (argmax over (background, j) picks j only when strictly larger);
-    both empty gives 1.
+    both empty gives ``nan`` (undefined: the organ is absent for both heads).
     """
     with torch.no_grad():
         b, c = logits.shape[:2]
@@ -703,7 +708,7 @@ def _msh_ath_iou(logits: Tensor, d: Tensor) -> Tensor:
         inter = _per_label_sum(hit.long(), label, c)[:, 1:]
         msh_size = _per_label_sum(torch.ones_like(label), label, c)[:, 1:]
         union = msh_size + torch.count_nonzero(ath, dim=2) - inter  # sum() would copy the mask to int64
-        return torch.where(union > 0, inter.double() / union.clamp_min(1).double(), 1.0).float()
+        return torch.where(union > 0, inter.double() / union.clamp_min(1).double(), float("nan")).float()
 
 
 def ath_dice_losses(
@@ -816,8 +821,8 @@ def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tenso
     For class ``j`` the MSH's binary view is ``(1 - p^j, p^j)`` (methods.md "TCT"), so
     ``term_j = mean_v 1/2 [((1 - p^j) - g_j^0)^2 + (p^j - g_j^j)^2]``. The IoU compares the
     argmax masks: MSH ``argmax_c p^c == j`` against ATH ``g_j^j > g_j^0`` (ties go to
-    background, as ``argmax`` picks the first); both empty gives IoU 1. The IoU is a
-    non-differentiable gate, computed without gradient.
+    background, as ``argmax`` picks the first); both empty gives IoU ``nan`` (see
+    :func:`consistency_keep_mask`). The IoU is a non-differentiable gate, computed without gradient.
 
     Args:
         logits: ``(B, N + 1, *spatial)`` MSH logits.
@@ -831,24 +836,39 @@ def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tenso
     return terms, iou
 
 
-def consistency_keep_mask(iou: Tensor, participating: Tensor, threshold: str | float = "median") -> Tensor:
+def consistency_keep_mask(
+    iou: Tensor, participating: Tensor, threshold: str | float = "median", absent: str = "keep"
+) -> Tensor:
     """TCT's consistency filter (Sec. 3.4): keep ``term_j`` iff ``IoU_j >= theta``; ``(B, N)`` bool.
 
     ``theta``: ``"median"`` (paper's choice, "Task Median") or ``"mean"`` ("Task Mean") of the
     participating IoUs of each sample, over its ATHs; ``"batch-mean"``: per ATH, the mean of its
     participating IoUs over the samples of the batch (App. E.1: "the mean IoU of the batch for
-    each ATH", the mode the paper finds sensitive to the batch size); a float: fixed. The median is the usual one (mean of the two middle values for an even
-    count, ``torch.nanquantile(0.5)``). Non-participating classes are never kept and do not
-    enter ``theta``; a sample with none keeps nothing.
+    each ATH", the mode the paper finds sensitive to the batch size); a float: fixed. The median is
+    the usual one (mean of the two middle values for an even count, ``torch.nanquantile(0.5)``).
+    Non-participating classes are never kept and do not enter ``theta``; a sample with none keeps
+    nothing.
+
+    A ``nan`` IoU marks a class both heads predict nowhere in the sample. The paper is silent on
+    it; ``absent`` (methods.md "TCT") decides: ``"keep"`` (default) keeps its term but leaves it out
+    of ``theta``, ``"drop"`` leaves it out of both, ``"in_median"`` counts it as IoU 1 in ``theta``
+    and keeps it. The last is the literal reading, under which a patch where most of 15 organs
+    are absent gets ``theta = 1`` and every present organ is filtered out.
 
     Args:
-        iou: ``(B, N)``.
+        iou: ``(B, N)``, ``nan`` where both masks are empty.
         participating: ``(B, N)`` bool, the classes that take part (``all`` or ``Phi^c``).
         threshold: mode or fixed value.
+        absent: ``"keep"``, ``"drop"`` or ``"in_median"``.
     """
+    if absent not in ABSENT_CLASSES:
+        raise ValueError(f"absent must be one of {ABSENT_CLASSES}, got {absent!r}")
     iou = iou.float()
     participating = participating.bool()
-    masked = torch.where(participating, iou, torch.full_like(iou, float("nan")))
+    is_absent = torch.isnan(iou)
+    if absent == "in_median":
+        iou, is_absent = torch.where(is_absent, torch.ones_like(iou), iou), torch.zeros_like(is_absent)
+    masked = torch.where(participating & ~is_absent, iou, torch.full_like(iou, float("nan")))
     if isinstance(threshold, str):
         if threshold not in THRESHOLD_MODES:
             raise ValueError(f"threshold must be one of {THRESHOLD_MODES} or a number, got {threshold!r}")
@@ -860,8 +880,11 @@ def consistency_keep_mask(iou: Tensor, participating: Tensor, threshold: str | f
             theta = torch.nanmean(masked, dim=0, keepdim=True)
     else:
         theta = torch.full((1, 1), float(threshold), device=iou.device)
-    # NaN theta (nothing participates) compares False: nothing kept
-    return participating & (iou >= theta)
+    # NaN theta (no present class participates) and NaN IoU compare False
+    keep = iou >= theta
+    if absent == "keep":
+        keep = keep | is_absent
+    return participating & keep
 
 
 def consistency_loss(
@@ -872,6 +895,7 @@ def consistency_loss(
     threshold: str | float = "median",
     classes: str = "all",
     stop_grad_aux: bool = False,
+    absent: str = "keep",
 ) -> Tensor:
     """TCT's filtered ``L_con`` (Eq. 6): ``sum_j 1[IoU_j >= theta] term_j``.
 
@@ -886,6 +910,7 @@ def consistency_loss(
         threshold: see :func:`consistency_keep_mask`.
         classes: ``"all"`` (``j in Omega``, as printed, default) or ``"unlabelled"`` (``Phi^c``).
         stop_grad_aux: detach the ATH side, so only the MSH is pulled towards the ATHs.
+        absent: classes both heads predict nowhere (see :func:`consistency_keep_mask`).
     """
     if classes not in CONSISTENCY_CLASSES:
         raise ValueError(f"classes must be one of {CONSISTENCY_CLASSES}, got {classes!r}")
@@ -895,7 +920,7 @@ def consistency_loss(
         aux_logits = aux_logits.detach()
     terms, iou = consistency_terms(logits, aux_logits)
     participating = torch.ones_like(iou, dtype=torch.bool) if classes == "all" else ~annotated[:, 1:]
-    keep = consistency_keep_mask(iou, participating, threshold)
+    keep = consistency_keep_mask(iou, participating, threshold, absent)
     return torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=1).mean()
 
 

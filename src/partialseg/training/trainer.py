@@ -155,7 +155,9 @@ def validate(
         else:
             ref, classes = np.asarray(case.label), sorted(case.annotated)
         for c in classes:
-            scores[c].append(dice(pred == c, ref == c))
+            d = dice(pred == c, ref == c)
+            if not math.isnan(d):  # absent from both: undefined, left out (methods.md, Evaluation)
+                scores[c].append(d)
     out = {f"val_dsc_{space.name(c)}": float(np.mean(v)) for c, v in scores.items() if v}
     if out:
         out["val_dsc_mean"] = float(np.mean(list(out.values())))
