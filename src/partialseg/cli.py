@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from partialseg.errors import PartialsegError
+from partialseg.errors import PartialsegError, PartialsegWarning
 
 app = typer.Typer(
     add_completion=False,
@@ -16,6 +17,20 @@ app = typer.Typer(
     help="Train one multi-organ CT segmentation model from partially labelled data.",
     pretty_exceptions_enable=False,
 )
+
+
+_show_other_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Print partialseg's warnings like its errors (``warning: <file>: <problem>``), without a source line."""
+    if issubclass(category, PartialsegWarning):
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    else:
+        _show_other_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _show_warning
 
 
 def _fail(e: Exception) -> None:
@@ -140,12 +155,14 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", help="Results JSON path; .md and .csv tables are written beside it.")] = Path("results.json"),
     dataset: Annotated[Optional[Path], typer.Option(help="Dataset folder: label space, and annotated classes when REF_DIR is its labelsTr.")] = None,
     labels: Annotated[str, typer.Option(help="Registered label space when no --dataset is given.")] = "amos15",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing results files (never an input).")] = False,
 ) -> None:
     """DSC and HD95 (mm) per organ per case, aggregated per organ over the cases whose reference annotates it."""
     from partialseg.evaluation.evaluate import evaluate_folders, format_table
 
     try:
-        result = evaluate_folders(pred_dir, ref_dir, out=out, dataset=dataset, label_space_name=labels)
+        result = evaluate_folders(pred_dir, ref_dir, out=out, dataset=dataset, label_space_name=labels,
+                                  overwrite=overwrite)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(format_table(result))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -97,10 +99,91 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str | Path | None = None) -> ExperimentConfig:
-        return _build(cls, d, source, "")
+        cfg = _build(cls, d, source, "")
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str | Path | None = None) -> None:
+        """Check every numeric option against its range and every choice against its options.
+
+        Raises ``InputError`` naming the key, so ``batch_size=0`` or ``device=gpu`` fails before
+        a run folder exists instead of as a traceback (or a silent no-op) during training.
+        """
+        flat = _flatten(self.to_dict())
+        for key, (lo, hi, lo_open, hi_open) in RANGES.items():
+            value = flat[key]
+            if value is None:  # data.spacing: None = the dataset's median
+                continue
+            for v in value if isinstance(value, list) else [value]:
+                bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
+                if bad:
+                    raise InputError(source, f"{key} = {_show(value)} is out of range: must be {_describe(lo, hi, lo_open, hi_open)}")
+        for key, options in CHOICES.items():
+            if flat[key] not in options:
+                raise InputError(source, f"{key} = {flat[key]!r} is not one of {list(options)}")
+        if not DEVICE_PATTERN.fullmatch(self.train.device):
+            raise InputError(source, f"train.device = {self.train.device!r} is not a device name; use 'auto', 'cpu', "
+                                     "'cuda' or 'cuda:<index>'")
+        lo, hi = self.augment.scale_range
+        if lo > hi:
+            raise InputError(source, f"augment.scale_range = {[lo, hi]}: the first value must not exceed the second")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+INF = math.inf
+#: dotted key -> (low, high, low excluded, high excluded); every int/float option has an entry (tested)
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "data.spacing": (0, INF, True, False),
+    "data.val_fraction": (0, 1, True, True),
+    "optim.lr": (0, INF, True, False),
+    "optim.weight_decay": (0, INF, False, False),
+    "optim.momentum": (0, 1, False, True),
+    "optim.grad_clip": (0, INF, False, False),
+    "augment.p_rotate_scale": (0, 1, False, False),
+    "augment.max_rotation_deg": (0, 180, False, False),
+    "augment.scale_range": (0, INF, True, False),
+    "augment.p_intensity": (0, 1, False, False),
+    "augment.p_noise": (0, 1, False, False),
+    "augment.noise_std": (0, INF, False, False),
+    "augment.p_mirror_lr": (0, 1, False, False),
+    "train.steps": (1, INF, False, False),
+    "train.batch_size": (1, INF, False, False),
+    "train.patch_size": (1, INF, False, False),
+    "train.foreground_fraction": (0, 1, False, False),
+    "train.val_every": (0, INF, False, False),
+    "train.checkpoint_every": (1, INF, False, False),
+    "train.seed": (0, 2**32 - 1, False, False),
+    "train.num_threads": (0, INF, False, False),
+    "train.sw_overlap": (0, 1, False, True),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.normalization": ("tct", "nnunet"),
+    "optim.name": ("adam", "sgd"),
+    "optim.schedule": ("poly", "constant"),
+}
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _describe(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
+    if hi == INF:
+        return f"{'>' if lo_open else '≥'} {lo:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def _show(value: Any) -> str:
+    return str(value) if isinstance(value, list) else repr(value)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "options":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 #: settings that change how a run executes, not what it computes

@@ -1,7 +1,8 @@
-"""Errors that name the user's file and what is wrong with it."""
+"""Errors that name the user's file and what is wrong with it, and warnings the user sees."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 
@@ -21,6 +22,24 @@ class InputError(PartialsegError, ValueError):
 class OutputExistsError(PartialsegError, FileExistsError):
     """Refusal to write over something that already exists."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, hint: str = "partialseg never overwrites, choose a new output path") -> None:
         self.path = Path(path)
-        super().__init__(f"{path}: already exists; partialseg never overwrites, choose a new output path")
+        super().__init__(f"{path}: already exists; {hint}")
+
+
+class OutputWriteError(PartialsegError, OSError):
+    """An output could not be written. Names the path the user gave, never a hidden temporary one."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: cannot write ({reason})")
+
+
+class PartialsegWarning(UserWarning):
+    """Something that is probably wrong with an input but does not stop the command (the CLI prints it)."""
+
+
+def warn(path: str | Path | None, problem: str) -> None:
+    """Issue a ``PartialsegWarning`` reading ``<path>: <problem>``, like ``InputError``'s message."""
+    warnings.warn(problem if path is None else f"{path}: {problem}", PartialsegWarning, stacklevel=2)

@@ -2,7 +2,9 @@
 
 Every writer goes through a temporary sibling and ``os.replace`` so a killed process never
 leaves a half-written file under the final name, and refuses to replace an existing file
-unless told to (partialseg never overwrites what the user gave).
+unless told to (partialseg never overwrites what the user gave). Temporary names carry the
+writer's PID, so the leftovers of a killed process are recognised and removed by the next
+writer of the same output; a failed write names the output the user gave, not the temporary.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from partialseg.errors import InputError, OutputExistsError
+from partialseg.errors import InputError, OutputExistsError, OutputWriteError
+from partialseg.locking import pid_alive
 
 AFFINE_ATOL = 1e-3  # mm; header round-off between image and label files written by different tools
 
@@ -67,10 +70,28 @@ def load_volume(path: str | Path, *, dtype: Any = None, check_finite: bool = Tru
         raise InputError(path, f"contains {n} NaN or infinite voxels")
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
+    return Volume(arr, header_affine(img, path), path)
+
+
+def header_affine(img: Any, path: str | Path) -> np.ndarray:
+    """The voxel-to-world affine of a loaded NIfTI, refusing headers that do not define one.
+
+    With neither a qform nor an sform, nibabel falls back to an Analyze-style affine (LAS, and
+    1 mm wherever pixdim is 0) that says nothing about the scan: trained on or predicted with, it
+    silently mirrors and rescales organs. That, and a singular or non-finite affine, is an
+    ``InputError`` naming ``path``.
+    """
+    header = img.header
+    codes = [int(header.get(k, 0)) for k in ("qform_code", "sform_code")] if "qform_code" in header else None
+    if codes is not None and codes == [0, 0]:
+        zooms = [float(z) for z in header.get_zooms()[:3]]
+        detail = f" and pixdim {zooms} has zeros" if any(z <= 0 for z in zooms) else ""
+        raise InputError(path, f"header has no qform or sform (both codes 0){detail}: the voxel size and orientation "
+                               "are unknown; set them (e.g. nibabel set_qform/set_sform) before using the file")
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise InputError(path, "has a singular or non-finite affine")
-    return Volume(arr, affine, path)
+        raise InputError(path, "has a singular or non-finite affine (a zero voxel size?)")
+    return affine
 
 
 def check_same_grid(a: Volume, b: Volume) -> None:
@@ -91,17 +112,89 @@ def _umask() -> int:
     return mask
 
 
-def _tmp_sibling(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _remove_dead_leftovers(path: Path) -> None:
+    """Remove ``.<name>.<pid>.*.tmp*`` / ``*.partial`` siblings of ``path`` whose writer no longer runs."""
+    prefix = f".{path.name}."
+    try:
+        entries = [e for e in path.parent.iterdir() if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for e in entries:
+        pid, _, rest = e.name[len(prefix):].partition(".")
+        if not pid.isdigit() or not (rest.endswith(".partial") or ".tmp" in rest) or pid_alive(int(pid)):
+            continue
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e, ignore_errors=True)
+        else:
+            e.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Report an ``OSError`` while producing ``path`` as an ``OutputWriteError`` naming ``path``.
+
+    An error about a file under the temporary ``tmp`` is reported under the same relative name
+    below ``path``; errors about other files (e.g. an input read in the block) pass unchanged.
+    """
+    try:
+        yield
+    except OutputWriteError as e:
+        if tmp is not None and _is_under(e.path, tmp):
+            raise OutputWriteError(path / e.path.relative_to(tmp), e.reason) from None
+        raise
+    except OSError as e:
+        if isinstance(e, OutputExistsError):
+            raise
+        name = None if e.filename is None else Path(e.filename)
+        if tmp is not None and name is not None and _is_under(name, tmp):
+            raise OutputWriteError(path / name.relative_to(tmp), e.strerror or str(e)) from None
+        if tmp is None or name is None:
+            raise OutputWriteError(path, e.strerror or str(e)) from None
+        raise
+
+
+def _is_under(p: Path, folder: Path) -> bool:
+    try:
+        p.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def tmp_sibling(path: Path) -> Path:
+    """A new empty ``.<name>.<pid>.<random>.tmp`` beside ``path`` with the umask's permissions."""
+    _remove_dead_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp makes 0600 files; outputs should get the usual permissions, as open() would give
     os.chmod(tmp, 0o666 & ~_umask())
     return Path(tmp)
 
 
+def check_can_write(path: str | Path, *, overwrite: bool = False, inputs: tuple[str | Path, ...] = (),
+                    hint: str | None = None) -> None:
+    """Refuse to write ``path`` over something that exists (unless ``overwrite``) or over an input.
+
+    ``inputs``: files and folders the command reads. An existing file that is one of them, or
+    lies inside one of them, is refused even with ``overwrite`` (an output never replaces what
+    it was computed from). Call it for every output before writing the first one, so a refusal
+    leaves nothing half-written.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    real = path.resolve()
+    for inp in inputs:
+        inp = Path(inp).resolve()
+        if real == inp or (inp.is_dir() and _is_under(real, inp)):
+            raise InputError(path, f"is an input of this command ({inp}); partialseg never writes over its inputs, "
+                                   "choose another output path")
+    if not overwrite:
+        raise OutputExistsError(path, hint) if hint else OutputExistsError(path)
+
+
 def _refuse(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputExistsError(path)
+    check_can_write(path, overwrite=overwrite)
 
 
 def save_volume(array: np.ndarray, affine: np.ndarray, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -110,34 +203,37 @@ def save_volume(array: np.ndarray, affine: np.ndarray, path: str | Path, *, over
 
     path = Path(path)
     _refuse(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(array)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    tmp = _tmp_sibling(path)
-    try:
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_sibling(path)
         # nibabel picks compression from the suffix, so give it one it recognises
         tmp_gz = tmp.with_name(tmp.name + ("".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix))
-        nib.save(img, str(tmp_gz))
-        os.replace(tmp_gz, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            nib.save(img, str(tmp_gz))
+            os.replace(tmp_gz, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_gz.unlink(missing_ok=True)
     return path
 
 
 def write_text_atomic(text: str, path: str | Path, *, overwrite: bool = True) -> Path:
     path = Path(path)
     _refuse(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_sibling(path)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -160,17 +256,22 @@ def atomic_output_dir(path: str | Path) -> Iterator[Path]:
     """Build a new output folder under a temporary name; rename it into place on success.
 
     Refuses an existing ``path``. On an exception the partial folder is removed, so a
-    failed or killed command leaves either nothing or a complete folder.
+    failed command leaves either nothing or a complete folder; the partial folder of a killed
+    one (``.<name>.<pid>.*.partial``) is removed by the next command writing ``path``.
+    An ``OSError`` writing into the folder is reported under ``path``, not the hidden name.
     """
     path = Path(path)
     if path.exists():
         raise OutputExistsError(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_leftovers(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _writing(path, tmp):
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+            yield tmp
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,12 +282,15 @@ def save_figure(fig: Any, path: str | Path, *, dpi: int = 90) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
+        with _writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tmp_sibling(path)
+            try:
+                fig.savefig(tmp, dpi=dpi, format="png")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return path

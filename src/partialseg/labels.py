@@ -52,6 +52,9 @@ class LabelSpace:
 
         Values must be exactly ``0..N`` with 0 for background (region-based labels are not supported).
         """
+        if not isinstance(labels, Mapping):
+            raise InputError(source, f"'labels' must be a mapping {{name: value}} with 'background': 0, "
+                                     f"got a {type(labels).__name__}")
         inv: dict[int, str] = {}
         for name, value in labels.items():
             if not isinstance(value, int) or isinstance(value, bool):

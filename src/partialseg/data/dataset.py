@@ -91,6 +91,8 @@ class PartialDataset:
             raise InputError(djson, "missing the 'labels' key of an nnU-Net v2 dataset.json")
         space = LabelSpace.from_dataset_json(meta["labels"], djson)
         channels = meta.get("channel_names", {"0": "CT"})
+        if not isinstance(channels, dict):
+            raise InputError(djson, f"'channel_names' must be a mapping {{\"0\": \"CT\"}}, got {channels!r}")
         if len(channels) != 1:
             raise InputError(djson, f"partialseg handles single-channel CT; channel_names has {len(channels)} entries")
         ending = str(meta.get("file_ending", ".nii.gz"))
@@ -98,6 +100,7 @@ class PartialDataset:
         if not images_dir.is_dir():
             raise InputError(images_dir, "folder does not exist (nnU-Net v2 layout needs imagesTr/)")
         suffix = "_0000" + ending
+        check_channel_files(images_dir, ending, len(channels), djson)
         image_files = sorted(p for p in images_dir.iterdir() if p.name.endswith(suffix))
         if not image_files:
             raise InputError(images_dir, f"no images named <case>{suffix}")
@@ -158,6 +161,45 @@ class PartialDataset:
     @property
     def is_partial(self) -> bool:
         return any(c.annotated != self.label_space.all_indices for c in self.cases)
+
+
+def split_channel(name: str, ending: str) -> tuple[str, int] | None:
+    """``"case_0001.nii.gz"`` → ``("case", 1)``; ``None`` for a name without nnU-Net's ``_XXXX`` channel suffix."""
+    if not name.endswith(ending):
+        return None
+    stem = name[: -len(ending)]
+    case, sep, channel = stem.rpartition("_")
+    if not sep or not case or len(channel) != 4 or not channel.isdigit():
+        return None
+    return case, int(channel)
+
+
+def check_channel_files(folder: Path, ending: str, num_channels: int, source: Path | None = None) -> None:
+    """Every ``*<ending>`` in ``folder`` must be ``<case>_XXXX<ending>`` with ``XXXX < num_channels``, and every
+    case must have all its channels; anything else is an ``InputError`` naming the file.
+
+    nnU-Net takes the number of channels from ``channel_names``: a stray second-channel file or
+    an image without the suffix would otherwise be silently ignored.
+    """
+    seen: dict[str, set[int]] = {}
+    where = f" (channel_names in {source})" if source else ""
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or not f.name.endswith(ending):
+            continue
+        parsed = split_channel(f.name, ending)
+        if parsed is None:
+            raise InputError(f, f"image names need the channel suffix _0000 (<case>_0000{ending}); rename it "
+                                f"to {f.name[: -len(ending)]}_0000{ending}")
+        case, channel = parsed
+        if channel >= num_channels:
+            raise InputError(f, f"channel {channel:04d}, but the dataset has {num_channels} channel(s){where}; "
+                                "remove the file or list the channel")
+        seen.setdefault(case, set()).add(channel)
+    for case, chans in seen.items():
+        missing = sorted(set(range(num_channels)) - chans)
+        if missing:
+            raise InputError(folder / f"{case}_{missing[0]:04d}{ending}", f"channel {missing[0]} of case {case!r} "
+                                                                           "does not exist")
 
 
 def dataset_json(

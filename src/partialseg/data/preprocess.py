@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from partialseg.errors import InputError, OutputExistsError, PartialsegError
-from partialseg.io import AFFINE_ATOL, Volume, atomic_output_dir, read_json, write_json_atomic
+from partialseg.data.checks import check_resampled_size, warn_if_not_ct
+from partialseg.io import AFFINE_ATOL, Volume, atomic_output_dir, header_affine, read_json, write_json_atomic
 from partialseg.labels import LabelSpace
 
 if TYPE_CHECKING:
@@ -535,6 +536,7 @@ def preprocess_image(
         raise InputError(image.path, f"expected a 3D image, got shape {arr.shape}")
     spacing = target_spacing if target_spacing is not None else config.spacing
     meta = grid_for(image.affine, arr.shape, spacing)  # type: ignore[arg-type]
+    check_resampled_size(meta, image.path)
     norm, (lo, hi) = normalize_intensities(arr, config, stats)
     out = resample(_to_ras(norm, meta.ornt), meta.shape, config.image_order)
     if out.shape != meta.shape:  # never expected; guards the shape contract of the cache
@@ -659,11 +661,10 @@ def median_spacing(dataset: PartialDataset) -> Spacing:
     spacings = []
     for case in dataset.cases:
         try:
-            affine = nib.load(str(case.image)).affine
+            img = nib.load(str(case.image))
         except Exception as e:  # nibabel raises many types for corrupt headers
             raise InputError(case.image, f"cannot read as NIfTI ({type(e).__name__}: {e})") from None
-        if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-            raise InputError(case.image, "has a singular or non-finite affine")
+        affine = header_affine(img, case.image)
         spacings.append(ras_spacing(affine))
     return tuple(float(s) for s in np.median(np.array(spacings), axis=0))  # type: ignore[return-value]
 
@@ -697,6 +698,7 @@ def prepare_dataset(
     with atomic_output_dir(out) as tmp:
         for case in _progress(ds.cases, progress, "prepare"):
             image = case.load_image()
+            warn_if_not_ct(image.array, image.path)
             label = case.load_label(space, image)
             reference = case.load_reference(space, image)
             img, meta = preprocess_image(image, cfg, stats, cfg.spacing)

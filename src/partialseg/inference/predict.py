@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from partialseg.data.checks import warn_if_not_ct
 from partialseg.errors import InputError
 from partialseg.io import Volume, atomic_output_dir, load_volume, save_volume
 from partialseg.labels import LabelSpace
@@ -31,6 +32,7 @@ class Predictor:
     device: torch.device
     amp: bool = True
     amp_cpu: bool = False
+    in_channels: int = 1
 
     @classmethod
     def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None) -> Predictor:
@@ -58,6 +60,7 @@ class Predictor:
             tuple(m["patch_size"]), float(m["sw_overlap"] if overlap is None else overlap), dev,
             bool(m.get("config", {}).get("train", {}).get("amp", True)),
             bool(m.get("config", {}).get("train", {}).get("amp_cpu", False)),
+            int(n["in_channels"]),
         )
 
     def predict_volume(self, image: Volume, *, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -89,6 +92,33 @@ def output_name(image_path: Path) -> str:
     return name
 
 
+def check_channels(files: list[Path], num_channels: int) -> None:
+    """Each case must come as exactly the model's channels; otherwise an ``InputError`` naming the file.
+
+    ``case_0000.nii.gz``, ``case_0001.nii.gz``, ... are the channels of one case (nnU-Net naming);
+    a name without a ``_XXXX`` suffix is a single-channel image. Without this check a
+    two-channel case would be segmented as two unrelated images.
+    """
+    from partialseg.data.dataset import split_channel
+
+    cases: dict[str, dict[int, Path]] = {}
+    for f in files:
+        parsed = split_channel(f.name, ".nii.gz") or split_channel(f.name, ".nii")
+        if parsed is None:
+            if num_channels != 1:
+                raise InputError(f, f"the model takes {num_channels} channels: name the files <case>_0000, <case>_0001, ...")
+            continue
+        cases.setdefault(parsed[0], {})[parsed[1]] = f
+    for case, chans in cases.items():
+        if sorted(chans) != list(range(num_channels)):
+            extra = sorted(set(chans) - set(range(num_channels)))
+            bad = chans[extra[0]] if extra else next(iter(chans.values()))
+            raise InputError(bad, f"case {case!r} has channel(s) {[f'{c:04d}' for c in sorted(chans)]}, but the model "
+                                  f"takes {num_channels} channel(s) (_0000{'' if num_channels == 1 else f'.._{num_channels - 1:04d}'})")
+    if num_channels != 1:
+        raise InputError(files[0], f"the model takes {num_channels} channels; partialseg predicts single-channel CT only")
+
+
 def predict_folder(
     run: str | Path,
     input_dir: str | Path,
@@ -109,16 +139,19 @@ def predict_folder(
         raise InputError(input_dir, "input folder does not exist")
     if not files:
         raise InputError(input_dir, "no .nii.gz or .nii images found")
+    predictor = Predictor.load(run, device=device, overlap=overlap)
+    check_channels(files, predictor.in_channels)
     names = [output_name(f) for f in files]
     if len(set(names)) != len(names):
-        raise InputError(input_dir, "several inputs map to the same output name (multi-channel inputs are not supported)")
-    predictor = Predictor.load(run, device=device, overlap=overlap)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(input_dir, f"several inputs map to the same output name {dup[0]!r}")
     written = []
     from tqdm.auto import tqdm
 
     with atomic_output_dir(out_dir) as tmp:
         for f, name in tqdm(list(zip(files, names)), desc="predict", unit="case", disable=not progress):
             vol = load_volume(f, dtype=np.float32)
+            warn_if_not_ct(vol.array, f)
             labels, probs = predictor.predict_volume(vol, probabilities=probabilities)
             save_volume(labels, vol.affine, tmp / name)
             if probs is not None:

@@ -1,39 +1,79 @@
-"""Atomic checkpoints and the saved inference model."""
+"""Atomic checkpoints and the saved inference model, as tensors and plain data only.
+
+Files are read with ``torch.load(weights_only=True)``: a ``model.pt`` or ``last.pt`` is
+just tensors, dicts, lists, strings and numbers, so loading a file someone handed you cannot
+run code. ``save_atomic`` refuses anything else (a ``Path``, a dataclass, a numpy scalar)
+up front, naming the field, rather than writing a file ``load`` would then refuse.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from partialseg.errors import InputError, PartialsegError
+
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoints/last.pt"
 
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.Size, torch.dtype, torch.device)
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise ``PartialsegError`` naming the first value that ``weights_only`` loading would refuse."""
+    if isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise PartialsegError(f"{where}: key {k!r} is a {type(k).__name__}; checkpoints hold plain data only")
+            check_plain(v, f"{where}.{k}")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise PartialsegError(f"{where} is a {type(obj).__module__}.{type(obj).__name__}; checkpoints hold only "
+                          "tensors, dicts, lists, strings and numbers (convert it first)")
+
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary sibling, then ``os.replace``: a kill leaves the old file intact."""
+    """``torch.save`` to a temporary sibling, then ``os.replace``: a kill leaves the old file intact.
+
+    The file gets the umask's permissions like every other output (not mkstemp's 0600).
+    """
+    from partialseg.io import _writing, tmp_sibling
+
+    check_plain(obj)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_sibling(path)
+        try:
+            torch.save(obj, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    from partialseg.errors import InputError
-
+    """Read a checkpoint or model file with ``weights_only=True``; anything else is an ``InputError``."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "checkpoint does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(path, "refused: the file holds objects other than tensors and plain data, which could run "
+                               f"code when loaded; partialseg only loads files it wrote ({first})") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise InputError(path, f"cannot read checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, f"not a partialseg checkpoint (holds a {type(obj).__name__}, not a mapping)")
+    return obj

@@ -21,13 +21,15 @@ DDP averages gradients; only rank 0 validates and writes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from partialseg.config import ExperimentConfig, with_method_defaults
 from partialseg.errors import InputError, OutputExistsError, PartialsegError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.labels import LabelSpace
+from partialseg.locking import folder_lock
 from partialseg.methods.base import Batch, Method, StepContext, TrainingModel, get_method
 from partialseg.training import checkpoint as ckpt
 from partialseg.training.augment import augment_batch
@@ -71,7 +74,10 @@ class RunState:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise PartialsegError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PartialsegError(f"device {name!r} requested but CUDA is not available")
     return dev
@@ -260,8 +266,36 @@ def _resolve_run(run: Path, config: ExperimentConfig | None, resume: bool, rank:
         return saved
     # other ranks would see the folder rank 0 just made
     if rank == 0 and run.exists() and any(run.iterdir()):
-        raise OutputExistsError(run)
+        raise OutputExistsError(run, "continue it with --resume, or choose a new --out")
     return config or ExperimentConfig()
+
+
+@contextlib.contextmanager
+def run_guard(run: Path, resume: bool, rank: int = 0) -> Iterator[None]:
+    """Hold the run folder's lock; if a new run fails before saving any model, remove its folder.
+
+    A start that fails (bad data, bad network options, Ctrl-C during prepare) then leaves
+    nothing that blocks the rerun. A killed process cannot clean up: its run folder already
+    holds ``config.yaml``, so ``--resume`` picks it up (and prepare's leftovers are removed).
+    """
+    if rank != 0:
+        yield
+        return
+    with folder_lock(run):
+        existed = run.exists()
+        fresh = not resume and (not existed or not any(run.iterdir()))
+        try:
+            yield
+        except BaseException:
+            if fresh and run.is_dir() and not any(run.rglob("*.pt")):
+                for h in list(log.handlers):  # train.log is open inside the folder
+                    if isinstance(h, logging.FileHandler) and Path(h.baseFilename).is_relative_to(run.absolute()):
+                        log.removeHandler(h)
+                        h.close()
+                shutil.rmtree(run, ignore_errors=True)
+                if existed:
+                    run.mkdir(exist_ok=True)
+            raise
 
 
 def train(
@@ -282,6 +316,26 @@ def train(
     their own labels from given weights; ordinary use passes only the dataset.
     Returns the path of the saved inference model.
     """
+    if config is not None:
+        config.validate()
+    _, rank, _ = _dist_info()
+    with run_guard(Path(out), resume, rank):
+        return _train(dataset, out, config, resume=resume, cases=cases, label_space=label_space,
+                      init_weights=init_weights, on_step=on_step, progress=progress)
+
+
+def _train(
+    dataset: str | Path,
+    out: str | Path,
+    config: ExperimentConfig | None,
+    *,
+    resume: bool,
+    cases: list[TrainCase] | None,
+    label_space: LabelSpace | None,
+    init_weights: dict[str, torch.Tensor] | None,
+    on_step: Callable[[int], None] | None,
+    progress: bool,
+) -> Path:
     from partialseg.data.preprocess import PreparedDataset, PreprocessConfig, prepare_dataset
     from partialseg.networks import build_network
 
@@ -290,6 +344,9 @@ def train(
     cfg = with_method_defaults(_resolve_run(run, config, resume, rank))
     run.mkdir(parents=True, exist_ok=True)
     _setup_logging(run, rank)
+    if rank == 0:
+        # first, so a run killed during prepare is a run --resume accepts
+        write_text_atomic(cfg.to_yaml(), run / "config.yaml")  # resolved: every method option, defaults filled in
 
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
@@ -319,7 +376,6 @@ def train(
         train_cases = [c for c in cases if c.case_id in set(train_ids)]
     val_cases = load_train_cases(prepared, val_ids)
     if rank == 0:
-        write_text_atomic(cfg.to_yaml(), run / "config.yaml")  # resolved: every method option, defaults filled in
         write_json_atomic({"train": train_ids, "validation": val_ids, "prepared": str(prepared_dir.resolve())}, run / "split.json")
 
     # --- model ------------------------------------------------------------------------------
@@ -456,9 +512,15 @@ def fit(
     pseudo-labelling and retraining); every other method is one ``train`` run."""
     from partialseg.config import load_config
 
+    if config is not None:
+        config.validate()
+    elif not (Path(out) / "config.yaml").exists():
+        raise InputError(out, "nothing to resume: no config.yaml in this run folder")
     name = config.method.name if config is not None else load_config(Path(out) / "config.yaml").method.name
     cls = get_method(name)
     custom = getattr(cls, "fit", None)
-    if custom is not None:
+    if custom is None:
+        return train(dataset, out, config, resume=resume, progress=progress)
+    _, rank, _ = _dist_info()
+    with run_guard(Path(out), resume, rank):
         return custom(dataset, out, config, resume=resume, progress=progress)
-    return train(dataset, out, config, resume=resume, progress=progress)
