@@ -86,13 +86,14 @@ def simulate(
     keep: Annotated[float, typer.Option(help="Fraction of organs kept per case (IPnP protocol).")] = 0.33,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     mode: Annotated[str, typer.Option(help="'random' (per-case random subset) or 'groups' (TCT: fixed subsets per source group).")] = "random",
-    groups: Annotated[Optional[Path], typer.Option(help="YAML/JSON file {group: [class names]} for --mode groups; default: the TCT paper's five sources.")] = None,
+    groups: Annotated[Optional[Path], typer.Option(help="YAML/JSON file {group: [class names]} or {group: {classes: [...], cases: N}} for --mode groups; default: the TCT paper's five sources and their sizes.")] = None,
+    balance: Annotated[str, typer.Option(help="--mode groups: group sizes in proportion to their 'cases' ('proportional') or equal ('equal').")] = "proportional",
 ) -> None:
     """Make a partially labelled copy: removed organs become 0, dataset.json lists each case's annotated classes."""
     from partialseg.data.simulate import simulate_partial_labels
 
     try:
-        path = simulate_partial_labels(dataset, out, keep=keep, seed=seed, mode=mode, groups_file=groups)
+        path = simulate_partial_labels(dataset, out, keep=keep, seed=seed, mode=mode, groups_file=groups, balance=balance)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(f"wrote partially labelled dataset to {path}")
@@ -232,8 +233,12 @@ def benchmark(
     preset: Annotated[str, typer.Option(help="'quick' (CPU) or 'full' (GPU).")] = "full",
     quick: Annotated[bool, typer.Option("--quick", help="Shorthand for --preset quick.")] = False,
     protocol: Annotated[str, typer.Option(help="'ipnp' (random organ subsets per case, keep ratios) or 'tct' (five source datasets with fixed organ subsets).")] = "ipnp",
+    table: Annotated[Optional[str], typer.Option(help="A headline table of the README (ipnp-0.67, ipnp-0.33, tct): its protocol, methods and step budget; use with --seeds.")] = None,
     ablation: Annotated[bool, typer.Option(help="With --protocol tct: add the TCT ablation variants (paper Tables 5 and 7).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic data and the partial-label draw.")] = 0,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Several seeds, e.g. 0,1,2: one benchmark per seed in OUT/seed_S/, and OUT/summary.md with mean ± sd and paired Wilcoxon tests against marginal.")] = None,
+    balance: Annotated[str, typer.Option(help="With --protocol tct: source groups in the paper's proportions ('proportional') or of equal size ('equal').")] = "proportional",
+    match_steps: Annotated[bool, typer.Option(help="Every method and the upper bound train as many steps as IPnP with its rounds.")] = False,
     upper_bound: Annotated[bool, typer.Option(help="Also train `full` on the full labels (the upper bound).")] = True,
     config: Annotated[Optional[Path], typer.Option(help="YAML config applied to every training.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override for every training (repeatable).")] = None,
@@ -244,10 +249,20 @@ def benchmark(
     try:
         default = ["full", "sigmoid", "marginal", "exclusion"] + (["tct"] if protocol == "tct" else [])
         chosen = list(methods or default) + (list(TCT_ABLATIONS) if ablation else [])
-        result = run_benchmark(
-            out, keeps=keep or [0.67, 0.33], methods=chosen, preset="quick" if quick else preset, protocol=protocol,
-            seed=seed, upper_bound=upper_bound, config_file=config, overrides=set_ or [],
-        )
+        kwargs = dict(keeps=keep or [0.67, 0.33], methods=chosen, preset="quick" if quick else preset, protocol=protocol,
+                      upper_bound=upper_bound, config_file=config, overrides=set_ or [], balance=balance,
+                      match_steps=match_steps)
+        if seeds or table:
+            from partialseg.experiments.headline import run_seeds
+
+            try:
+                seed_list = [int(x) for x in (seeds or str(seed)).replace(" ", ",").split(",") if x]
+            except ValueError:
+                raise PartialsegError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
+            summary = run_seeds(out, seed_list, table=table, **kwargs)
+            typer.echo(summary.read_text())
+            return
+        result = run_benchmark(out, seed=seed, **kwargs)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo((result.out / "benchmark.md").read_text())

@@ -44,6 +44,7 @@ METHODS: dict[str, str] = {
     "sigmoid": "Partial supervision: one sigmoid channel per organ, BCE + Dice on annotated organs only.",
     "marginal": "TAL marginal loss (Fang & Yan 2020): unannotated organs' probabilities merged into background; CE + Dice.",
     "exclusion": "Marginal + exclusion loss (Shi et al. 2021): annotated organ voxels cannot be any unannotated organ.",
-    "ipnp": "IPnP: specialist box-prompts a frozen generalist for unannotated organs; refined pseudo-labels, VLS loss, rounds.",
+    "ipnp": "IPnP as published: specialist box-prompts a frozen generalist for unannotated organs; refined pseudo-labels, the paper's VLS loss, rounds.",
+    "ipnp_gated": "IPnP with our additions: positive-only pseudo-label loss, a per-organ gate between generalist and specialist, largest-component prompts.",
     "tct": "Task consistency training (Zhu et al.): marginal Dice + per-organ auxiliary heads (training only), IoU-filtered MSH/ATH consistency, UAUWL weighting.",
 }

@@ -8,7 +8,14 @@ from typer.testing import CliRunner
 
 from partialseg.cli import app
 from partialseg.data.dataset import PartialDataset
-from partialseg.data.simulate import TCT_GROUPS, simulate_partial_labels
+from partialseg.data.simulate import (
+    TCT_GROUP_CASES,
+    TCT_GROUPS,
+    assign_groups,
+    cases_for_min_group,
+    group_sizes,
+    simulate_partial_labels,
+)
 from partialseg.errors import InputError, OutputExistsError, PartialsegError
 from partialseg.io import load_volume
 from partialseg.labels import LabelSpace
@@ -101,9 +108,46 @@ def test_refuses_existing_output_and_bad_mode(block_dataset, tmp_path):
         simulate_partial_labels(block_dataset, block_dataset / "sub", keep=0.5, seed=0)
 
 
+def test_group_sizes_follow_the_papers_imbalance():
+    w = [TCT_GROUP_CASES[g] for g in TCT_GROUPS]  # 168, 104, 224, 32, 16 of 544
+    # 10 cases: quotas 3.09, 1.91, 4.12, 0.59, 0.29 -> floors 3, 1, 4, 0, 0, remainders to liver, spleen
+    assert group_sizes(10, w) == [3, 2, 4, 1, 0]
+    assert sum(group_sizes(37, w)) == 37
+    # CHAOS (16 of 544) needs 102 cases for 3: quotas 31.5, 19.5, 42, 6, 3; the tie of .5 goes to KiTS (first)
+    assert cases_for_min_group(w, 3) == 102 and group_sizes(102, w) == [32, 19, 42, 6, 3]
+    assert cases_for_min_group(w[:4], 3) == 50  # the four CT sources alone
+    order = assign_groups([f"c{i}" for i in range(102)], list(TCT_GROUPS), seed=0, weights=w)
+    assert [sum(g == name for g in order.values()) for name in TCT_GROUPS] == [32, 19, 42, 6, 3]
+
+
+def test_groups_mode_equal_balance_is_round_robin(six_class, tmp_path):
+    ds = PartialDataset.load(simulate_partial_labels(six_class, tmp_path / "g", keep=1, seed=1, mode="groups",
+                                                     balance="equal"))
+    assert {g: sum(1 for c in ds.cases if c.group == g) for g in TCT_GROUPS} == dict.fromkeys(TCT_GROUPS, 2)
+    with pytest.raises(PartialsegError, match="balance"):
+        simulate_partial_labels(six_class, tmp_path / "h", keep=1, seed=1, mode="groups", balance="nope")
+
+
+def test_groups_file_sizes(block_dataset, tmp_path):
+    gf = tmp_path / "groups.yaml"
+    gf.write_text("a: {classes: [liver], cases: 2}\nb: {classes: [spleen], cases: 1}\n")
+    ds = PartialDataset.load(simulate_partial_labels(block_dataset, tmp_path / "g", keep=1, seed=0, mode="groups",
+                                                     groups_file=gf))
+    assert sorted(c.group for c in ds.cases) == ["a", "a", "b"]
+    meta = json.loads((tmp_path / "g" / "dataset.json").read_text())["partialseg"]["simulate"]
+    assert meta["group_cases"] == {"a": 2.0, "b": 1.0} and meta["balance"] == "proportional"
+    gf.write_text("a: {classes: [liver], cases: 2}\nb: [spleen]\n")
+    with pytest.raises(InputError, match="every group"):
+        simulate_partial_labels(block_dataset, tmp_path / "h", keep=1, seed=0, mode="groups", groups_file=gf)
+    gf.write_text("a: {classes: [liver], cases: -1}\n")
+    with pytest.raises(InputError, match="positive"):
+        simulate_partial_labels(block_dataset, tmp_path / "i", keep=1, seed=0, mode="groups", groups_file=gf)
+
+
 def test_groups_mode_default_tct(six_class, tmp_path):
     before = _hashes(six_class)
-    out = simulate_partial_labels(six_class, tmp_path / "g", keep=0.1, seed=1, mode="groups")
+    with pytest.warns(UserWarning, match="chaos"):  # 10 cases: CHAOS's 16/544 share rounds to none
+        out = simulate_partial_labels(six_class, tmp_path / "g", keep=0.1, seed=1, mode="groups")
     assert _hashes(six_class) == before
     ds = PartialDataset.load(out)
     ds.validate()
@@ -113,7 +157,7 @@ def test_groups_mode_default_tct(six_class, tmp_path):
     assert meta["partialseg"]["simulate"]["groups"] == TCT_GROUPS
     assert meta["partialseg"]["simulate"]["keep"] is None
     sizes = {g: sum(1 for c in ds.cases if c.group == g) for g in TCT_GROUPS}
-    assert sum(sizes.values()) == 10 and set(sizes.values()) == {2}
+    assert sizes == {"kits": 3, "msd_liver": 2, "msd_pancreas": 4, "msd_spleen": 1, "chaos": 0}
     stomach = TCT5_PLUS.index("stomach")
     for case in ds.cases:
         assert case.annotated == ds.label_space.indices(TCT_GROUPS[case.group])

@@ -19,6 +19,8 @@ TINY = BenchmarkPreset(
 
 
 def test_method_spec_parsing():
+    assert MethodSpec.parse("marginal:train.steps=5,ce_weight=2").overrides() == [
+        "method.name=marginal", "train.steps=5", "method.options.ce_weight=2"]
     m = MethodSpec.parse("tct:threshold=mean, weighting=none")
     assert m.name == "tct" and m.label == "tct[threshold=mean,weighting=none]"
     assert m.overrides() == ["method.name=tct", "method.options.threshold=mean", "method.options.weighting=none"]
@@ -77,9 +79,46 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
 
 def test_tct_protocol_uses_five_organs_and_groups(tmp_path):
     out = tmp_path / "bench"
-    res = run_benchmark(out, methods=["marginal"], preset=TINY, protocol="tct", progress=False)
+    # balance="equal": the paper's proportions need 102 phantoms (tested in tests/data/test_simulate.py)
+    res = run_benchmark(out, methods=["marginal"], preset=TINY, protocol="tct", balance="equal", progress=False)
     assert res.settings == ["upper_bound", "groups"]
     organs = list(res.results[("groups", "marginal")]["per_organ"])
     assert sorted(organs) == ["kidney_left", "kidney_right", "liver", "pancreas", "spleen"]
     groups = json.loads((out / "data" / "groups" / "dataset.json").read_text())
     assert set(groups["case_groups"].values()) <= {"kits", "msd_liver", "msd_pancreas", "msd_spleen", "chaos"}
+
+
+def test_seeds_summary_with_matched_steps(tmp_path):
+    import yaml
+
+    from partialseg.experiments.headline import run_seeds
+
+    out = tmp_path / "bench"
+    summary = run_seeds(out, [0, 1], methods=["full", "marginal", "ipnp:rounds=1,steps_per_round=1,tau=0.0"],
+                        keeps=[0.5], preset=TINY, match_steps=True, progress=False)
+    runs = out / "seed_1" / "runs"
+    steps = lambda run: yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"]  # noqa: E731
+    # IPnP: 2 steps of round 0 + 1 round of 1 step; everyone else, the upper bound too, trains 3
+    assert steps(runs / "upper_bound" / "full") == 3 and steps(runs / "keep0.5" / "marginal") == 3
+    assert steps(runs / "keep0.5" / "full") == 3 and steps(runs / "keep0.5" / "marginal@2") == 2
+    ipnp = runs / "keep0.5" / "ipnp__rounds-1_steps_per_round-1_tau-0.0"
+    assert (ipnp / "round_0" / "model.pt").read_bytes() == (runs / "keep0.5" / "marginal@2" / "model.pt").read_bytes()
+    data = json.loads((out / "summary.json").read_text())
+    rows = {(r["setting"], r["method"]): r for r in data["rows"]}
+    assert set(rows) == {("upper_bound", "full"), ("keep0.5", "marginal@2"), ("keep0.5", "full"),
+                         ("keep0.5", "marginal"), ("keep0.5", "ipnp[rounds=1,steps_per_round=1,tau=0.0]")}
+    full = rows[("keep0.5", "full")]
+    assert len(full["dsc_per_seed"]) == 2 and full["n_pairs"] == 4  # 2 seeds x 2 test cases
+    # the per-case differences are recomputed from the two runs' test evaluations
+    diffs = []
+    for s in (0, 1):
+        ev = {m: json.loads((out / f"seed_{s}" / "runs" / "keep0.5" / m / "test_eval.json").read_text())
+              for m in ("full", "marginal")}
+        for case in ev["full"]["per_case"]:
+            vals = {m: [o["dsc"] for o in ev[m]["per_case"][case]["organs"].values() if o["dsc"] is not None]
+                    for m in ev}
+            diffs.append(sum(vals["full"]) / len(vals["full"]) - sum(vals["marginal"]) / len(vals["marginal"]))
+    assert full["delta_dsc_mean"] == pytest.approx(sum(diffs) / 4)
+    assert "delta_dsc_mean" not in rows[("keep0.5", "marginal")]
+    md = summary.read_text()
+    assert "Wilcoxon" in md and "| keep0.5 | full |" in md and "missed / spurious" in md

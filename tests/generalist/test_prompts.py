@@ -115,3 +115,14 @@ def test_parse_box_round_trip_and_errors():
             parse_box(bad)
     with pytest.raises(PartialsegError, match="outside"):
         parse_box("z=4,x=1:50,y=2:3", shape=(20, 20, 20))
+
+
+def test_roi_holds_every_prompt_slice_for_a_mask_in_pieces():
+    from partialseg.generalist.prompts import box_prompts_from_mask, roi_from_prompts
+
+    m = np.zeros((20, 10, 20), bool)
+    m[2:4, 2:4, 2:4] = True  # small piece low in z
+    m[14:17, 5:7, 12:18] = True  # bigger piece high in z: the axial median slice lies in it
+    axial, sagittal = box_prompts_from_mask(m, axes=(2, 0), padding=0)
+    roi = roi_from_prompts([axial, sagittal], m.shape, 0)
+    assert roi[0].start <= sagittal.index < roi[0].stop and roi[2].start <= axial.index < roi[2].stop

@@ -104,6 +104,31 @@ def test_choose_sources_by_mean_dsc_with_a_floor():
     assert got[4] == {"source": "generalist", "n": 0}  # annotated nowhere: no evidence, the paper's choice
 
 
+def test_ipnp_is_the_papers_configuration_and_ipnp_gated_our_variant():
+    from partialseg.methods.ipnp import IPnPGatedOptions
+
+    paper = IPnPOptions()
+    assert (paper.pseudo_source, paper.pseudo_background, paper.largest_component, paper.vls) == (
+        "generalist", "supervised", False, True)
+    ours = IPnPGatedOptions()
+    assert (ours.pseudo_source, ours.pseudo_background, ours.largest_component) == ("auto", "marginal", True)
+    assert IPnPOptions(pseudo_source="none").pseudo_source == "none"  # the step control
+
+
+def test_pseudo_label_quality_counts_what_the_generalist_added():
+    from partialseg.pseudolabel.loop import pseudo_label_quality
+
+    ref = np.zeros((6, 1, 1), bool)
+    ref[1:5] = True  # voxels 1-4
+    specialist = np.zeros_like(ref)
+    specialist[2:4] = True  # 2, 3: under-segments
+    pseudo = np.zeros_like(ref)
+    pseudo[[1, 3, 4, 5]] = True  # adds 1, 4 (right) and 5 (wrong), drops 2 (wrongly)
+    q = pseudo_label_quality(pseudo, specialist, ref)
+    assert (q["added"], q["added_correct"], q["removed"], q["removed_wrong"]) == (3, 2, 1, 0)
+    assert q["dsc"] == pytest.approx(2 * 3 / 8) and q["specialist_dsc"] == pytest.approx(2 * 2 / 6)
+
+
 def test_options_validation():
     with pytest.raises(Exception, match="retrain"):
         IPnPOptions(retrain="sometimes")
@@ -118,7 +143,7 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
                              annotated={"case_000": ["liver"], "case_001": ["spleen", "kidney_left"]})
     before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
     run = tmp_path / "run"
-    args = ["train", str(ds), "--out", str(run), "--method", "ipnp"]
+    args = ["train", str(ds), "--out", str(run), "--method", "ipnp_gated"]
     for s in ["train.steps=2", "train.batch_size=1", "train.patch_size=[32,16,16]", "train.val_every=0",
               "network.options={base_channels: 4}", "data.spacing=[2.0,2.5,3.0]", "train.num_threads=1",
               "method.options.rounds=2", "method.options.tau=0.0", "method.options.padding=1", "method.options.dilation=2"]:
@@ -132,7 +157,7 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
     assert set(dec) == {f"case_{i:03d}" for i in range(4)}
     assert set(dec["case_000"]) == {"spleen", "kidney_right", "kidney_left"}  # exactly the unannotated organs
     assert not dec["case_002"]  # fully annotated: nothing to pseudo-label
-    # the default "auto" source: the organ gate's choice per organ, with its evidence
+    # ipnp_gated's "auto" source: the organ gate's choice per organ, with its evidence
     src = json.loads((run / "pseudo" / "round_1" / "sources.json").read_text())
     assert set(src) == set(small_space.names)
     assert all(v["source"] in ("generalist", "specialist", None) for v in src.values())
@@ -148,6 +173,7 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
     # the saved configuration is resolved (every option), and a resume with other options is refused
     saved = (run / "config.yaml").read_text()
     assert "pseudo_background: marginal" in saved and "entropy_from_round: 2" in saved
+    assert "pseudo_source: auto" in saved and "largest_component: true" in saved
     r = CliRunner().invoke(app, ["train", str(ds), "--out", str(run), "--resume", *args[4:], "--set", "method.options.tau=0.3"])
     assert r.exit_code != 0 and "method.options.tau" in r.output
     r = CliRunner().invoke(app, ["predict", str(run), str(ds / "imagesTr"), str(tmp_path / "pred")])

@@ -38,6 +38,9 @@ from partialseg.io import AFFINE_ATOL, atomic_output_dir, load_volume, save_volu
 from partialseg.labels import LabelSpace
 
 MODES = ("random", "groups")
+#: How ``groups`` mode sizes the source groups: in proportion to their ``cases`` (the default; the
+#: default groups' are the TCT paper's training sets) or equal (round-robin)
+BALANCES = ("proportional", "equal")
 REFERENCE_FOLDER = "labelsRef"
 
 #: TCT paper, section 4.1: the five partially labelled sources on the 5-organ label space.
@@ -48,6 +51,9 @@ TCT_GROUPS: dict[str, list[str]] = {
     "msd_spleen": ["spleen"],
     "chaos": ["liver", "kidney_right", "kidney_left", "spleen"],
 }
+#: Training cases of each TCT source (paper Fig. 3a: KiTS19 168, MSD-Liver 104, MSD-Pancreas 224,
+#: MSD-Spleen 32, CHAOS-MR 16; 544 in all): the class imbalance TCT is meant for.
+TCT_GROUP_CASES: dict[str, int] = {"kits": 168, "msd_liver": 104, "msd_pancreas": 224, "msd_spleen": 32, "chaos": 16}
 
 # dataset.json keys that the writers below set themselves; everything else is carried over
 _OWN_KEYS = frozenset(
@@ -125,10 +131,17 @@ def _num_kept(keep: float, n: int) -> int:
 # ---- groups -------------------------------------------------------------------------------
 
 
-def load_groups(groups_file: Path | None, label_space: LabelSpace, dataset_json_path: Path) -> dict[str, list[str]]:
-    """Read and check ``{group: [class names]}``; ``None`` gives the TCT paper's five sources."""
+def load_groups(
+    groups_file: Path | None, label_space: LabelSpace, dataset_json_path: Path
+) -> tuple[dict[str, list[str]], dict[str, float] | None]:
+    """Read and check the groups: ``({group: [class names]}, {group: relative size} or None)``.
+
+    A groups file maps each group to its class names, or to ``{classes: [...], cases: N}`` where
+    ``N`` (any positive number) sets the group's share of the cases; either every group gives
+    ``cases`` or none does. ``None`` gives the TCT paper's five sources with their training sizes.
+    """
     if groups_file is None:
-        raw: Any = TCT_GROUPS
+        raw: Any = {g: {"classes": c, "cases": TCT_GROUP_CASES[g]} for g, c in TCT_GROUPS.items()}
         where: Path = dataset_json_path
     else:
         raw = read_mapping_file(groups_file)
@@ -136,9 +149,21 @@ def load_groups(groups_file: Path | None, label_space: LabelSpace, dataset_json_
     if not isinstance(raw, dict) or not raw:
         raise InputError(where, "groups must be a non-empty mapping {group name: [class names]}")
     groups: dict[str, list[str]] = {}
-    for name, classes in raw.items():
+    sizes: dict[str, float] = {}
+    for name, entry in raw.items():
         if not isinstance(name, str) or not name:
             raise InputError(where, f"group name {name!r} must be a non-empty string")
+        classes = entry
+        if isinstance(entry, dict):
+            extra = set(entry) - {"classes", "cases"}
+            if extra or "classes" not in entry:
+                raise InputError(where, f"group {name!r}: expected {{classes: [...], cases: N}}, got keys {sorted(entry)}")
+            classes = entry["classes"]
+            if "cases" in entry:
+                n = entry["cases"]
+                if isinstance(n, bool) or not isinstance(n, int | float) or not math.isfinite(n) or n <= 0:
+                    raise InputError(where, f"group {name!r}: cases must be a positive number, got {n!r}")
+                sizes[name] = float(n)
         if isinstance(classes, str):
             classes = [classes]
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
@@ -150,13 +175,40 @@ def load_groups(groups_file: Path | None, label_space: LabelSpace, dataset_json_
                 where, f"group {name!r} names classes {unknown} that are not in the label space {list(label_space.names)}{hint}"
             )
         groups[name] = list(dict.fromkeys(classes))  # drop repeats, keep order
-    return groups
+    if sizes and set(sizes) != set(groups):
+        raise InputError(where, f"either every group gives 'cases' or none does; missing for {sorted(set(groups) - set(sizes))}")
+    return groups, (sizes or None)
 
 
-def assign_groups(case_ids: Sequence[str], group_names: Sequence[str], seed: int) -> dict[str, str]:
-    """Seeded shuffle, then round-robin: group sizes differ by at most one."""
+def group_sizes(n: int, weights: Sequence[float]) -> list[int]:
+    """Split ``n`` cases in proportion to ``weights`` (largest remainder, ties to the earlier group)."""
+    total = float(sum(weights))
+    quotas = [n * w / total for w in weights]
+    sizes = [int(math.floor(q)) for q in quotas]
+    order = sorted(range(len(weights)), key=lambda i: (-(quotas[i] - sizes[i]), i))
+    for i in order[: n - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
+def cases_for_min_group(weights: Sequence[float], min_cases: int) -> int:
+    """The fewest cases for which every group of a proportional split gets at least ``min_cases``."""
+    n = int(math.ceil(min_cases * sum(weights) / min(weights) - 1e-9))
+    while min(group_sizes(n, weights)) < min_cases:
+        n += 1
+    return n
+
+
+def assign_groups(
+    case_ids: Sequence[str], group_names: Sequence[str], seed: int, weights: Sequence[float] | None = None
+) -> dict[str, str]:
+    """Seeded shuffle, then round-robin (``weights`` None: sizes differ by at most one) or
+    consecutive runs sized by :func:`group_sizes`."""
     order = _rng(seed, "\x00groups").permutation(len(case_ids))
-    return {case_ids[int(j)]: group_names[i % len(group_names)] for i, j in enumerate(order)}
+    if weights is None:
+        return {case_ids[int(j)]: group_names[i % len(group_names)] for i, j in enumerate(order)}
+    owner = [g for g, k in zip(group_names, group_sizes(len(case_ids), weights)) for _ in range(k)]
+    return {case_ids[int(j)]: owner[i] for i, j in enumerate(order)}
 
 
 # ---- the command --------------------------------------------------------------------------
@@ -170,6 +222,7 @@ def simulate_partial_labels(
     seed: int,
     mode: str = "random",
     groups_file: Path | None = None,
+    balance: str = "proportional",
 ) -> Path:
     """Write a partially labelled copy of ``dataset`` to the new folder ``out``.
 
@@ -179,7 +232,9 @@ def simulate_partial_labels(
 
     ``mode="groups"`` (TCT protocol): ``groups_file`` (YAML/JSON ``{group: [class names]}``,
     default :data:`TCT_GROUPS`) defines source groups; cases are assigned to groups by a seeded
-    shuffle and round-robin, and each case keeps its group's classes. The output label space is
+    shuffle, in proportion to the groups' ``cases`` (``balance="proportional"``, the default: the
+    default groups get the TCT paper's imbalance, :data:`TCT_GROUP_CASES`) or round-robin
+    (``balance="equal"``, or a file without sizes), and each case keeps its group's classes. The output label space is
     the union of the groups' classes in the source order; other classes are dropped to 0 and the
     values renumbered in both ``labelsTr`` and ``labelsRef``. ``keep`` is ignored in this mode.
 
@@ -197,6 +252,8 @@ def simulate_partial_labels(
     dataset, out = Path(dataset), Path(out)
     if mode not in MODES:
         raise PartialsegError(f"unknown mode {mode!r}; choose from {list(MODES)}")
+    if balance not in BALANCES:
+        raise PartialsegError(f"unknown balance {balance!r}; choose from {list(BALANCES)}")
     if mode == "random" and not (isinstance(keep, (int, float)) and math.isfinite(keep) and 0 < keep <= 1):
         raise PartialsegError(f"keep must be a fraction in (0, 1], got {keep!r}")
     src = PartialDataset.load(dataset)
@@ -205,12 +262,16 @@ def simulate_partial_labels(
     djson = dataset / "dataset.json"
 
     groups: dict[str, list[str]] | None = None
+    weights: dict[str, float] | None = None
     case_group: dict[str, str] = {c.case_id: c.group for c in src.cases if c.group is not None}
     if mode == "groups":
-        groups = load_groups(groups_file, space, djson)
+        groups, weights = load_groups(groups_file, space, djson)
         wanted = {n for classes in groups.values() for n in classes}
         out_space = LabelSpace(tuple(n for n in space.names if n in wanted))
-        case_group = assign_groups([c.case_id for c in src.cases], list(groups), seed)
+        if balance == "equal":
+            weights = None
+        case_group = assign_groups([c.case_id for c in src.cases], list(groups), seed,
+                                   None if weights is None else [weights[g] for g in groups])
         empty = [g for g in groups if g not in case_group.values()]
         if empty:
             warnings.warn(f"{len(src.cases)} cases for {len(groups)} groups: groups {empty} get no case", stacklevel=2)
@@ -251,6 +312,8 @@ def simulate_partial_labels(
             "keep": float(keep) if mode == "random" else None,
             "seed": seed,
             "groups": groups,
+            "group_cases": (weights if mode == "groups" else None),
+            "balance": balance if mode == "groups" else None,
             "source": str(dataset.resolve()),
         }
         if skipped:

@@ -91,10 +91,14 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method with option overrides: ``"tct"`` or ``"tct:threshold=mean,weighting=none"``."""
+    """A registered method with option overrides: ``"tct"`` or ``"tct:threshold=mean,weighting=none"``.
+
+    A key with a dot is a config override of this training alone (``"marginal:train.steps=1200"``).
+    """
 
     name: str
     options: tuple[tuple[str, str], ...] = ()
+    display: str = ""  # a label to show instead of the name and options
 
     @classmethod
     def parse(cls, text: str) -> MethodSpec:
@@ -109,6 +113,8 @@ class MethodSpec:
 
     @property
     def label(self) -> str:
+        if self.display:
+            return self.display
         if not self.options:
             return self.name
         return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.options)}]"
@@ -118,7 +124,11 @@ class MethodSpec:
         return self.label.replace("[", "__").replace("]", "").replace(",", "_").replace("=", "-")
 
     def overrides(self) -> list[str]:
-        return [f"method.name={self.name}", *(f"method.options.{k}={v}" for k, v in self.options)]
+        return [f"method.name={self.name}",
+                *(f"{k}={v}" if "." in k else f"method.options.{k}={v}" for k, v in self.options)]
+
+    def with_option(self, key: str, value: str, display: str = "") -> MethodSpec:
+        return MethodSpec(self.name, (*((k, v) for k, v in self.options if k != key), (key, value)), display)
 
 
 #: Ablations of the TCT paper: Table 5 (components) and Table 7 (consistency threshold).
@@ -144,6 +154,18 @@ class BenchmarkResult:
 
 def setting_name(keep: float) -> str:
     return f"keep{keep:g}"
+
+
+def is_ipnp(name: str) -> bool:
+    """``ipnp`` and its registered variants: methods that train a round-0 specialist, then rounds."""
+    from partialseg.methods import get_method
+    from partialseg.methods.ipnp import IPnP
+
+    return issubclass(get_method(name), IPnP)
+
+
+#: The smallest source group of the TCT protocol gets at least this many training cases.
+MIN_GROUP_CASES = 3
 
 
 def _ensure_dataset(path: Path, build) -> Path:
@@ -205,27 +227,45 @@ def run_benchmark(
     config_file: Path | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    balance: str = "proportional",
+    match_steps: bool = False,
 ) -> BenchmarkResult:
     """Upper bound + each method in each partial-label setting, all evaluated on one held-out test set.
 
     ``protocol="ipnp"``: settings are the keep ratios (a random organ subset per case, all 15 organs).
     ``protocol="tct"``: one setting, "groups": the training cases are split into five source datasets
     that each annotate a fixed subset of {liver, spleen, kidneys, pancreas} (TCT paper, Sec. 4.1);
-    evaluation on those five organs. ``methods`` may hold variants such as ``tct:threshold=mean``.
+    evaluation on those five organs; the groups get the paper's training-set proportions
+    (``balance="proportional"``, with enough phantoms that the smallest gets ``MIN_GROUP_CASES``) or
+    equal sizes (``"equal"``). ``methods`` may hold variants such as ``tct:threshold=mean``.
+
+    ``match_steps``: every method trains as many optimiser steps in all as the IPnP methods do with
+    their rounds (``train.steps + rounds * steps_per_round``), the upper bound included; the IPnP
+    methods share a round-0 specialist trained ``train.steps`` (the column ``marginal[train.steps=N]``).
+    Without it, every method trains ``train.steps`` and IPnP adopts this setting's ``marginal`` run.
     """
     from partialseg.data.phantom import PRESETS as PHANTOMS
     from partialseg.data.phantom import synthesize_dataset
-    from partialseg.data.simulate import TCT_GROUPS, simulate_partial_labels
+    from partialseg.data.simulate import (
+        BALANCES,
+        TCT_GROUP_CASES,
+        TCT_GROUPS,
+        cases_for_min_group,
+        simulate_partial_labels,
+    )
     from partialseg.methods import get_method
 
     if isinstance(preset, str) and preset not in PRESETS:
         raise PartialsegError(f"unknown benchmark preset {preset!r}; choose from {sorted(PRESETS)}")
     if protocol not in ("ipnp", "tct"):
         raise PartialsegError(f"unknown protocol {protocol!r}; choose 'ipnp' or 'tct'")
-    # ipnp after marginal, whose run it adopts as round 0
-    specs_m = sorted((MethodSpec.parse(m) for m in methods), key=lambda m: m.name == "ipnp")
+    if balance not in BALANCES:
+        raise PartialsegError(f"unknown balance {balance!r}; choose from {list(BALANCES)}")
+    specs_m = [MethodSpec.parse(m) for m in methods]
     for m in specs_m:
         get_method(m.name)
+    # IPnP methods after the marginal run they adopt as round 0
+    specs_m.sort(key=lambda m: is_ipnp(m.name))
     for k in keeps:
         if not 0 < k <= 1:
             raise PartialsegError(f"--keep values must be in (0, 1], got {k}")
@@ -234,8 +274,17 @@ def run_benchmark(
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     phantom = PHANTOMS[p.phantom] if isinstance(p.phantom, str) else p.phantom
-    _check_same_benchmark(out, {"preset": dataclasses.asdict(p) | {"phantom": None}, "protocol": protocol, "seed": seed, "phantom": dataclasses.asdict(phantom)})
-    full = _ensure_dataset(data / "train_full", lambda: synthesize_dataset(data / "train_full", cases=p.train_cases, seed=seed, config=phantom))
+    train_cases = p.train_cases
+    if protocol == "tct" and balance == "proportional":
+        train_cases = max(train_cases, cases_for_min_group(list(TCT_GROUP_CASES.values()), MIN_GROUP_CASES))
+    setup = {"preset": dataclasses.asdict(p) | {"phantom": None}, "protocol": protocol, "seed": seed,
+             "phantom": dataclasses.asdict(phantom)}
+    if protocol == "tct":
+        setup |= {"balance": balance, "train_cases": train_cases}
+    if match_steps:
+        setup["match_steps"] = True
+    _check_same_benchmark(out, setup)
+    full = _ensure_dataset(data / "train_full", lambda: synthesize_dataset(data / "train_full", cases=train_cases, seed=seed, config=phantom))
     # a different seed stream: test phantoms are new patients, not re-draws of training ones
     test = _ensure_dataset(data / "test", lambda: synthesize_dataset(data / "test", cases=p.test_cases, seed=seed + 100_003, config=phantom))
 
@@ -253,12 +302,23 @@ def run_benchmark(
         # the same five organs, fully labelled: upper bound and test reference
         upper = _ensure_dataset(data / "train_tct_full", lambda: simulate_partial_labels(full, data / "train_tct_full", keep=1.0, seed=seed, mode="groups", groups_file=all_file))
         test = _ensure_dataset(data / "test_tct", lambda: simulate_partial_labels(test, data / "test_tct", keep=1.0, seed=seed, mode="groups", groups_file=all_file))
-        settings.append(("groups", _ensure_dataset(data / "groups", lambda: simulate_partial_labels(full, data / "groups", keep=1.0, seed=seed, mode="groups"))))
+        settings.append(("groups", _ensure_dataset(data / "groups", lambda: simulate_partial_labels(full, data / "groups", keep=1.0, seed=seed, mode="groups", balance=balance))))
+
+    base_steps = build_config(p, MethodSpec("marginal"), config_file, overrides).train.steps
+    round0: MethodSpec | None = None
+    if match_steps and any(is_ipnp(m.name) for m in specs_m):
+        total = max(_ipnp_total_steps(build_config(p, m, config_file, overrides)) for m in specs_m if is_ipnp(m.name))
+        # every other method, the upper bound included, trains IPnP's total; the label stays the method's
+        round0 = MethodSpec("marginal", (("train.steps", str(base_steps)),), f"marginal@{base_steps}")
+        specs_m = [m if is_ipnp(m.name) else m.with_option("train.steps", str(total), m.label) for m in specs_m]
+        specs_m.insert(0, round0)
+        ub = MethodSpec("full", (("train.steps", str(total)),), "full")
+    else:
+        ub = MethodSpec("full")
 
     runs: list[tuple[RunSpec, MethodSpec]] = []
     if upper_bound:
-        ub = MethodSpec("full")
-        runs.append((RunSpec(UPPER_BOUND, "full", upper, out / "runs" / UPPER_BOUND / "full"), ub))
+        runs.append((RunSpec(UPPER_BOUND, "full", upper, out / "runs" / UPPER_BOUND / ub.folder), ub))
     for name, ds in settings:
         runs.extend((RunSpec(name, m.label, ds, out / "runs" / name / m.folder), m) for m in specs_m)
 
@@ -271,15 +331,24 @@ def run_benchmark(
     for i, (s, m) in enumerate(runs):
         log.info("[%d/%d] %s / %s", i + 1, len(runs), s.setting, s.method)
         extra: list[str] = []
-        if m.name == "ipnp" and "specialist_run" not in dict(m.options):
+        if is_ipnp(m.name) and "specialist_run" not in dict(m.options):
             # IPnP's round 0 is a marginal training with the same recipe: reuse this setting's
-            marginal = next((r for r, mm in runs if r.setting == s.setting and mm == MethodSpec("marginal")), None)
+            specialist = round0 or MethodSpec("marginal")
+            marginal = next((r for r, mm in runs if r.setting == s.setting and mm == specialist), None)
             if marginal is not None:
                 extra = [f"method.options.specialist_run={marginal.run_dir}"]
         cfg = build_config(p, m, config_file, [*overrides, *extra])
         result.results[(s.setting, s.method)] = train_predict_evaluate(s, cfg, test, progress=progress)
         write_benchmark_tables(result)  # partial tables after every run: a long benchmark shows progress
     return result
+
+
+def _ipnp_total_steps(cfg: ExperimentConfig) -> int:
+    """Optimiser steps of an IPnP training in all: round 0 plus its rounds."""
+    from partialseg.methods import get_method
+
+    opts = get_method(cfg.method.name).options_cls(**cfg.method.options)
+    return cfg.train.steps + opts.rounds * (opts.steps_per_round or cfg.train.steps)
 
 
 def _check_same_benchmark(out: Path, key: dict[str, Any]) -> None:
@@ -325,7 +394,7 @@ def comparison_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]
         records.append({"organ": "mean", "setting": c[0], "method": c[1], "dsc": m["dsc_mean"], "hd95": m["hd95_mean"],
                         **{k: m[k] for k in counts}})
     rows += [mean_row, miss_row]
-    ub = result.results.get((UPPER_BOUND, "full"))
+    ub = next((r for (st, _), r in result.results.items() if st == UPPER_BOUND), None)
     if ub and ub["mean"]["dsc_mean"]:
         pct = ["% of upper bound"]
         for c in cols:

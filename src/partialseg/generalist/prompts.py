@@ -122,8 +122,10 @@ def prompts_bbox(prompts: Sequence[BoxPrompt]) -> tuple[tuple[int, int, int], tu
         # an axis is spanned by the boxes that extend along it; a box orthogonal to it covers only
         # its one slice, so it counts only when every box is orthogonal to this axis
         use = [p for p in prompts if p.axis != d] or list(prompts)
-        lo[d] = min(p.lo[d] for p in use)
-        hi[d] = max(p.hi[d] for p in use)
+        # ... and the bounds always hold every box's own slice: prompts from a mask in several pieces
+        # can put the sagittal slice outside the axial box's extent
+        lo[d] = min(p.lo[d] for p in prompts if p in use or p.axis == d)
+        hi[d] = max(p.hi[d] for p in prompts if p in use or p.axis == d)
     return tuple(lo), tuple(hi)  # type: ignore[return-value]
 
 

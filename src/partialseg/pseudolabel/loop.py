@@ -52,6 +52,8 @@ def hounsfield(image: np.ndarray, preprocess: Any, stats: Any) -> np.ndarray:
 
 
 SOURCES = ("generalist", "specialist")
+#: runs whose model is a marginal-loss specialist on the partial labels, usable as round 0
+ADOPTABLE_METHODS = ("marginal", "ipnp", "ipnp_gated")
 
 
 def candidate_masks(
@@ -122,7 +124,7 @@ def pseudo_label_case(
     """
     previous = previous or {}
     sources = sources or {}
-    default = "generalist" if opts.pseudo_source == "auto" else opts.pseudo_source
+    default = {"auto": "generalist", "none": None}.get(opts.pseudo_source, opts.pseudo_source)
     decisions: dict[int, Decision] = {}
     todo: dict[int, str] = {}
     for k in range(1, probs.shape[0]):
@@ -130,7 +132,7 @@ def pseudo_label_case(
             continue
         src = sources.get(k, default)
         if src is None:
-            decisions[k] = Decision("rejected_gate")
+            decisions[k] = Decision("rejected_gate" if k in sources else "disabled")
         else:
             todo[k] = src
     cand, none = candidate_masks(probs, label, annotated, hu, spacing, generalist, opts, classes=sorted(todo), sources=todo)
@@ -190,6 +192,22 @@ def choose_sources(evidence: list[dict[int, dict[str, float]]], num_classes: int
         out[k] = {"source": best if means[best] >= min_dsc else None, "n": n,
                   **{f"dsc_{s}": means[s] for s in SOURCES}}
     return out
+
+
+def pseudo_label_quality(pseudo: np.ndarray, specialist: np.ndarray, ref: np.ndarray) -> dict[str, float | int]:
+    """One pseudo-label against the reference, next to the specialist's argmax that prompted it.
+
+    ``added`` = pseudo-labelled voxels outside the specialist's argmax (what only the generalist can
+    contribute; none at all when τ ≥ 0.5), ``added_correct`` = those inside the reference;
+    ``removed`` = argmax voxels the refinement dropped, ``removed_wrong`` = those outside the reference.
+    """
+    from partialseg.evaluation.metrics import dice
+
+    added = pseudo & ~specialist
+    removed = specialist & ~pseudo
+    return {"dsc": dice(pseudo, ref), "specialist_dsc": dice(specialist, ref),
+            "added": int(np.count_nonzero(added)), "added_correct": int(np.count_nonzero(added & ref)),
+            "removed": int(np.count_nonzero(removed)), "removed_wrong": int(np.count_nonzero(removed & ~ref))}
 
 
 def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
@@ -287,7 +305,10 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
         for base in tqdm(train_cases, desc=f"ipnp round {r}: pseudo-labels", unit="case", disable=not progress):
             f = pseudo_dir / f"{base.case_id}.npz"
             probs = None
-            if f.exists():
+            if opts.pseudo_source == "none":  # the step control: no prediction, no pseudo-label
+                label, pseudo, ent = np.asarray(base.label), frozenset(), {}
+                decisions_all[base.case_id] = {}
+            elif f.exists():
                 label, pseudo, ent = _load_pseudo(f)
                 decisions_all[base.case_id] = saved_decisions.get(base.case_id, {})
             else:
@@ -312,9 +333,8 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
                     probs = case_probs(base)
                 argmax = probs.argmax(0)
                 for k in pseudo:
-                    # the specialist's own argmax on the same case and organ: what the pseudo-label must beat
                     quality_rows.append({"round": r, "case": base.case_id, "organ": space.name(k),
-                                         "dsc": dice(label == k, ref == k), "specialist_dsc": dice(argmax == k, ref == k)})
+                                         **pseudo_label_quality(label == k, argmax == k, ref == k)})
         write_json_atomic(decisions_all, pseudo_dir / "decisions.json")
         _write_quality(run, quality_rows, decisions_rounds(run, opts.rounds), space)
         if not (rdir / ckpt.MODEL_FILE).exists():
@@ -362,8 +382,9 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     if not model.exists():
         raise InputError(source, "specialist_run has no model.pt (is the run finished?)")
     saved = ckpt.load(model)
-    if saved.get("method", {}).get("name") not in ("marginal", "ipnp"):
-        raise InputError(source, f"specialist_run must be a 'marginal' or 'ipnp' run, not {saved.get('method', {}).get('name')!r}")
+    if saved.get("method", {}).get("name") not in ADOPTABLE_METHODS:
+        raise InputError(source, f"specialist_run must be one of {list(ADOPTABLE_METHODS)} runs, not "
+                                 f"{saved.get('method', {}).get('name')!r}")
     differ = config_differences(cfg, dict(saved["config"]), ignore=("method", *EXECUTION_KEYS))
     if differ:
         raise InputError(source, f"specialist_run was trained with other settings in {differ}; round 0 must match the IPnP run")
@@ -437,7 +458,7 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
     from partialseg.evaluation.evaluate import markdown_table
 
     table: list[dict[str, Any]] = []
-    statuses = ("accepted", "rejected_entropy", "rejected_gate", "empty_after_refinement", "no_prediction")
+    statuses = ("accepted", "rejected_entropy", "rejected_gate", "empty_after_refinement", "no_prediction", "disabled")
     for r, dec in sorted(decisions.items()):
         for organ in space.names:
             counts = {s: 0 for s in statuses}
@@ -446,10 +467,15 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
                 if d:
                     counts[d["status"]] += 1
             sel = [row for row in rows if row["round"] == r and row["organ"] == organ]
+            added = sum(int(x.get("added", 0)) for x in sel)
+            correct = sum(int(x.get("added_correct", 0)) for x in sel)
             table.append({"round": r, "organ": organ,
                           "pseudo_dsc": float(np.mean([x["dsc"] for x in sel])) if sel else None,
                           "specialist_dsc": float(np.mean([x["specialist_dsc"] for x in sel])) if sel else None,
-                          "n_pseudo": len(sel), **counts})
+                          "n_pseudo": len(sel), "added": added,
+                          "added_precision": correct / added if added else None,
+                          "removed": sum(int(x.get("removed", 0)) for x in sel),
+                          "removed_wrong": sum(int(x.get("removed_wrong", 0)) for x in sel), **counts})
     if not table:
         return
     buf = io.StringIO()
@@ -457,12 +483,14 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
     w.writeheader()
     w.writerows(table)
     write_text_atomic(buf.getvalue(), run / "pseudo_quality.csv")
-    header = ["round", "organ", "pseudo DSC", "specialist DSC", "n", *statuses]
+    header = ["round", "organ", "pseudo DSC", "specialist DSC", "n", "added voxels", "added precision",
+              "removed voxels", "removed wrong", *statuses]
 
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f}"
 
     body = [[str(t["round"]), t["organ"], pct(t["pseudo_dsc"]), pct(t["specialist_dsc"]), str(t["n_pseudo"]),
+             str(t["added"]), pct(t["added_precision"]), str(t["removed"]), str(t["removed_wrong"]),
              *(str(t[s]) for s in statuses)] for t in table]
     lines = []
     for r in sorted(decisions):
@@ -470,6 +498,13 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
         if sel:
             lines.append(f"round {r}: {len(sel)} pseudo-labels (case × organ), mean DSC {100 * np.mean([x['dsc'] for x in sel]):.1f} %"
                          f" vs {100 * np.mean([x['specialist_dsc'] for x in sel]):.1f} % for the specialist's own prediction")
+            added = sum(int(x.get("added", 0)) for x in sel)
+            correct = sum(int(x.get("added_correct", 0)) for x in sel)
+            removed = sum(int(x.get("removed", 0)) for x in sel)
+            wrong = sum(int(x.get("removed_wrong", 0)) for x in sel)
+            lines.append(f"round {r}: the refinement added {added} voxels beyond the specialist's argmax"
+                         + (f" ({100 * correct / added:.1f} % of them in the reference)" if added else "")
+                         + f" and removed {removed}" + (f" ({100 * wrong / removed:.1f} % of them outside it)" if removed else ""))
     # a mean over a changing set of organs can fall while every organ improves: also compare on the
     # organs pseudo-labelled in every round
     common = None
@@ -481,7 +516,10 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
                for r in sorted(decisions)]
         lines.append(f"on the {len(common)} organs pseudo-labelled in every round (mean of organ means): " + ", ".join(per))
     notes = ("\n'pseudo DSC': the pseudo-labels against the reference labels; 'specialist DSC': the argmax of the "
-             "specialist that prompted them, on the same cases and organs. Counts are case × organ decisions.\n")
+             "specialist that prompted them, on the same cases and organs. 'added voxels': pseudo-labelled voxels "
+             "outside the specialist's argmax (what the generalist contributed), 'added precision': the share of them "
+             "inside the reference; 'removed': argmax voxels the refinement dropped, 'removed wrong': those outside "
+             "the reference. Counts are case × organ decisions.\n")
     write_text_atomic("# Pseudo-label quality per round\n\n" + "\n".join(f"- {x}" for x in lines) + "\n\n"
                       + markdown_table(header, body) + "\n" + notes, run / "pseudo_quality.md")
     _plot_quality(table, run / "pseudo_quality.png")
