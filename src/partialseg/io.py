@@ -84,7 +84,7 @@ def header_affine(img: Any, path: str | Path) -> np.ndarray:
     header = img.header
     codes = [int(header.get(k, 0)) for k in ("qform_code", "sform_code")] if "qform_code" in header else None
     if codes is not None and codes == [0, 0]:
-        zooms = [float(z) for z in header.get_zooms()[:3]]
+        zooms = _raw_pixdim(path, header)
         detail = f" and pixdim {zooms} has zeros" if any(z <= 0 for z in zooms) else ""
         raise InputError(path, f"header has no qform or sform (both codes 0){detail}: the voxel size and orientation "
                                "are unknown; set them (e.g. nibabel set_qform/set_sform) before using the file")
@@ -92,6 +92,18 @@ def header_affine(img: Any, path: str | Path) -> np.ndarray:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(path, "has a singular or non-finite affine (a zero voxel size?)")
     return affine
+
+
+def _raw_pixdim(path: str | Path, header: Any) -> list[float]:
+    """pixdim[1:4] as stored: nibabel's loader replaces zeros by 1 in the header it returns."""
+    import nibabel as nib
+
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            raw = type(header).from_fileobj(f, check=False)
+        return [float(z) for z in raw["pixdim"][1:4]]
+    except Exception:  # noqa: BLE001 - only for the message
+        return [float(z) for z in header["pixdim"][1:4]]
 
 
 def check_same_grid(a: Volume, b: Volume) -> None:

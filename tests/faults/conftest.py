@@ -4,6 +4,7 @@ nothing it read was modified."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from tests.conftest import write_block_dataset
 SHAPE = (16, 16, 8)
 SPACING = (2.0, 2.5, 3.0)
 TINY = [
-    "train.steps=2", "train.batch_size=1", "train.patch_size=[16,16,8]", "train.val_every=0",
+    "train.steps=2", "train.batch_size=1", "train.patch_size=[32,16,16]", "train.val_every=0",
     "train.checkpoint_every=1", "network.options={base_channels: 4}", "data.spacing=[2.0,2.5,3.0]",
     "train.num_threads=1", "data.val_fraction=0.34",
 ]
@@ -48,9 +49,12 @@ def _no_codes(h: nib.Nifti1Header) -> None:
     h.set_sform(None, code=0)
 
 
-def _zero_pixdim(h: nib.Nifti1Header) -> None:
-    _no_codes(h)
-    h["pixdim"][1:4] = 0
+def _zero_pixdim(path: Path) -> None:
+    """No qform/sform and pixdim[1:4] = 0, patched into the bytes (nibabel's writer would fix the header)."""
+    _rewrite_header(path, _no_codes)
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[80:92] = np.zeros(3, "<f4").tobytes()  # pixdim is float32[8] at byte 76; [1:4] are the voxel sizes
+    path.write_bytes(gzip.compress(bytes(raw)))
 
 
 def _spacing_x1000(h: nib.Nifti1Header) -> None:
@@ -79,10 +83,9 @@ def broken_dataset(good_dataset: Path) -> Callable[[str], Path]:
         if fault == "spacing_x1000":
             _rewrite_header(case, _spacing_x1000)
             _rewrite_header(good_dataset / "labelsTr" / "case_001.nii.gz", _spacing_x1000)
-        elif fault == "no_qform_sform":
-            _rewrite_header(case, _no_codes)
-        elif fault == "zero_pixdim":
-            _rewrite_header(case, _zero_pixdim)
+        elif fault in ("no_qform_sform", "zero_pixdim"):  # a tool that writes no geometry: image and label alike
+            for f in (case, good_dataset / "labelsTr" / "case_001.nii.gz"):
+                _rewrite_header(f, _no_codes) if fault == "no_qform_sform" else _zero_pixdim(f)
         elif fault == "uint8_image":
             arr = np.asanyarray(nib.load(str(case)).dataobj)
             arr8 = np.clip(arr + 128, 0, 255).astype(np.uint8)

@@ -46,7 +46,7 @@ def test_no_qform_or_sform_is_an_error(broken_dataset, tmp_path):
 
 
 def test_zero_pixdim_is_an_error(broken_dataset, tmp_path):
-    msg = _prepare_fails(broken_dataset("zero_pixdim"), tmp_path, "pixdim")
+    msg = _prepare_fails(broken_dataset("zero_pixdim"), tmp_path, r"no qform or sform .*and pixdim \[0\.0, 0\.0, 0\.0\] has zeros")
     assert "case_001_0000.nii.gz" in msg
 
 

@@ -62,12 +62,13 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_matches_uninterrupted_run(partial_blocks, tmp_path):
+@pytest.mark.parametrize("kill_step", [0, 2])
+def test_resume_after_kill_matches_uninterrupted_run(partial_blocks, tmp_path, kill_step):
     cfg = load_config(None, TINY)
     train(partial_blocks, tmp_path / "straight", cfg, progress=False)
 
     def kill_at_step_2(step):
-        if step == 2:  # step 3 has been taken (0-based 2) and checkpointed; die before step 4
+        if step == kill_step:  # step kill_step + 1 has been taken and checkpointed; die before the next
             raise Killed
 
     with pytest.raises(Killed):
