@@ -63,5 +63,5 @@ def test_config_differences_fill_method_defaults_and_ignore():
     assert config_differences(a, c, ignore=("method", "train.num_threads")) == ["optim.lr"]
     assert config_differences(a.to_dict(), c.to_dict(), ignore=("optim",)) == ["method.options.tau", "train.num_threads"]
     full = with_method_defaults(a).method.options
-    assert full["tau"] == 0.5 and full["pseudo_source"] == "auto" and full["rounds"] == 2
+    assert full["tau"] == 0.5 and full["pseudo_source"] == "generalist" and full["rounds"] == 2
     assert with_method_defaults(load_config(None, ["method.name=full"])).method.options == {}
