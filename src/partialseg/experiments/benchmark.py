@@ -35,6 +35,8 @@ from partialseg.io import write_json_atomic, write_text_atomic
 log = logging.getLogger("partialseg.benchmark")
 
 UPPER_BOUND = "upper_bound"
+#: In every finished benchmark run folder: its (setting, method label) in the tables.
+RUN_LABEL_FILE = "benchmark_run.json"
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,9 @@ def train_predict_evaluate(spec: RunSpec, cfg: ExperimentConfig, test: Path, *, 
         for f in (result_file, result_file.with_suffix(".md"), result_file.with_suffix(".csv")):
             f.unlink(missing_ok=True)
         evaluate_folders(pred, _reference_dir(test), out=result_file, dataset=test)
+    label_file = run / RUN_LABEL_FILE
+    if not label_file.exists():  # what this run is in the tables, for summaries over several invocations
+        write_json_atomic({"setting": spec.setting, "method": spec.method}, label_file)
     return json.loads(result_file.read_text())
 
 

@@ -61,7 +61,7 @@ HEADLINE_TABLES: dict[str, HeadlineTable] = {
     },
     "tct": HeadlineTable(
         protocol="tct",
-        methods=("full", "marginal", "tct", "tct:main_ce_weight=1,aux_kernel_size=1"),
+        methods=("full", "marginal", "tct", "tct:absent_classes=drop", "tct:main_ce_weight=1,aux_kernel_size=1"),
         description="TCT protocol: five sources in the paper's proportions, 5 organs",
     ),
 }
@@ -72,6 +72,7 @@ DISPLAY_NAMES = {
     f"ipnp_gated[{_ROUNDS}]": "ipnp_gated (ours)",
     f"ipnp[{_ROUNDS},pseudo_source=none]": "step control",
     "tct[main_ce_weight=1,aux_kernel_size=1]": "tct +CE, pointwise",
+    "tct[absent_classes=drop]": "tct, absent organs dropped",
 }
 
 
@@ -107,16 +108,21 @@ def run_seeds(out: str | Path, seeds: Sequence[int], table: str | None = None, *
 
 # ---- the summary ------------------------------------------------------------------------------------
 def _runs(folder: Path) -> dict[tuple[str, str], Path]:
-    """(setting, method label) → run folder, from a benchmark folder's tables."""
-    from partialseg.experiments.benchmark import MethodSpec
+    """(setting, method label) → run folder, for every evaluated run of a benchmark folder, whichever
+    invocation made it (several may share a folder: each writes ``benchmark.json`` for its own runs)."""
+    from partialseg.experiments.benchmark import RUN_LABEL_FILE, MethodSpec
 
-    records = json.loads((folder / "benchmark.json").read_text())
     out: dict[tuple[str, str], Path] = {}
-    for r in records:
-        key = (r["setting"], r["method"])
-        if key not in out:
-            out[key] = folder / "runs" / r["setting"] / MethodSpec(r["method"]).folder  # a label's folder
-    return out
+    if (folder / "benchmark.json").exists():
+        for r in json.loads((folder / "benchmark.json").read_text()):
+            run = folder / "runs" / r["setting"] / MethodSpec(r["method"]).folder  # a label's folder
+            out.setdefault((r["setting"], r["method"]), run)
+    for f in sorted(folder.glob(f"runs/*/*/{RUN_LABEL_FILE}")):
+        if (f.parent / "test_eval.json").exists():
+            label = json.loads(f.read_text())
+            out.setdefault((label["setting"], label["method"]), f.parent)
+    order = {s: i for i, s in enumerate(dict.fromkeys(s for s, _ in out))}
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0] != "upper_bound", order[kv[0][0]])))
 
 
 def _per_case(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
