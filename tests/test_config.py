@@ -56,12 +56,12 @@ def test_config_differences_fill_method_defaults_and_ignore():
     from partialseg.config import config_differences, with_method_defaults
 
     a = load_config(None, ["method.name=ipnp"])
-    b = load_config(None, ["method.name=ipnp", "method.options.tau=0.5"])  # tau's default
+    b = load_config(None, ["method.name=ipnp", "method.options.tau=0.05"])  # tau's default
     assert config_differences(a, b) == []
     c = load_config(None, ["method.name=ipnp", "method.options.tau=0.3", "train.num_threads=3", "optim.lr=0.1"])
     assert config_differences(a, c) == ["method.options.tau", "optim.lr", "train.num_threads"]
     assert config_differences(a, c, ignore=("method", "train.num_threads")) == ["optim.lr"]
     assert config_differences(a.to_dict(), c.to_dict(), ignore=("optim",)) == ["method.options.tau", "train.num_threads"]
     full = with_method_defaults(a).method.options
-    assert full["tau"] == 0.5 and full["pseudo_source"] == "generalist" and full["rounds"] == 2
+    assert full["tau"] == 0.05 and full["pseudo_source"] == "generalist" and full["rounds"] == 2
     assert with_method_defaults(load_config(None, ["method.name=full"])).method.options == {}
