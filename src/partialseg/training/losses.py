@@ -837,7 +837,7 @@ def consistency_terms(logits: Tensor, aux_logits: Tensor) -> tuple[Tensor, Tenso
 
 
 def consistency_keep_mask(
-    iou: Tensor, participating: Tensor, threshold: str | float = "median", absent: str = "keep"
+    iou: Tensor, participating: Tensor, threshold: str | float = "median", absent: str = "drop"
 ) -> Tensor:
     """TCT's consistency filter (Sec. 3.4): keep ``term_j`` iff ``IoU_j >= theta``; ``(B, N)`` bool.
 
@@ -850,8 +850,8 @@ def consistency_keep_mask(
     nothing.
 
     A ``nan`` IoU marks a class both heads predict nowhere in the sample. The paper is silent on
-    it; ``absent`` (methods.md "TCT") decides: ``"keep"`` (default) keeps its term but leaves it out
-    of ``theta``, ``"drop"`` leaves it out of both, ``"in_median"`` counts it as IoU 1 in ``theta``
+    it; ``absent`` (methods.md "TCT") decides: ``"keep"`` keeps its term but leaves it out of
+    ``theta``, ``"drop"`` (default: TCT's, chosen on validation) leaves it out of both, ``"in_median"`` counts it as IoU 1 in ``theta``
     and keeps it. The last is the literal reading, under which a patch where most of 15 organs
     are absent gets ``theta = 1`` and every present organ is filtered out.
 
@@ -895,7 +895,7 @@ def consistency_loss(
     threshold: str | float = "median",
     classes: str = "all",
     stop_grad_aux: bool = False,
-    absent: str = "keep",
+    absent: str = "drop",
 ) -> Tensor:
     """TCT's filtered ``L_con`` (Eq. 6): ``sum_j 1[IoU_j >= theta] term_j``.
 
