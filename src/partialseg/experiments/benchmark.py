@@ -158,14 +158,6 @@ def setting_name(keep: float) -> str:
     return f"keep{keep:g}"
 
 
-def is_ipnp(name: str) -> bool:
-    """``ipnp`` and its registered variants: methods that train a round-0 specialist, then rounds."""
-    from partialseg.methods import get_method
-    from partialseg.methods.ipnp import IPnP
-
-    return issubclass(get_method(name), IPnP)
-
-
 #: The smallest source group of the TCT protocol gets at least this many training cases.
 MIN_GROUP_CASES = 3
 
@@ -259,6 +251,7 @@ def run_benchmark(
         simulate_partial_labels,
     )
     from partialseg.methods import get_method
+    from partialseg.methods.ipnp import is_ipnp
 
     if isinstance(preset, str) and preset not in PRESETS:
         raise PartialsegError(f"unknown benchmark preset {preset!r}; choose from {sorted(PRESETS)}")

@@ -165,6 +165,7 @@ def summarise_seeds(out: str | Path, seeds: Sequence[int], *, reference: str = "
     per_seed: dict[int, dict[tuple[str, str], Path]] = {s: _runs(seed_folder(out, s)) for s in seeds}
     keys = [k for k in per_seed[seeds[0]] if all(k in per_seed[s] for s in seeds)]
     evals = {(s, k): json.loads((per_seed[s][k] / "test_eval.json").read_text()) for s in seeds for k in keys}
+    ub = next((k for k in keys if k[0] == UPPER_BOUND), None)
     rows: list[dict[str, Any]] = []
     for setting, method in keys:
         r: dict[str, Any] = {"setting": setting, "method": DISPLAY_NAMES.get(method, method), "label": method}
@@ -176,9 +177,8 @@ def summarise_seeds(out: str | Path, seeds: Sequence[int], *, reference: str = "
         r["n_spurious"] = sum(evals[(s, (setting, method))]["mean"]["n_spurious"] for s in seeds)
         val = [validation_dsc(per_seed[s][(setting, method)]) for s in seeds]
         r["val_dsc_mean"] = float(np.mean(val)) if all(v is not None for v in val) else None
-        ub = [(UPPER_BOUND, m) for (st, m) in keys if st == UPPER_BOUND]
-        if ub:
-            pct = [d / evals[(s, ub[0])]["mean"]["dsc_mean"] for s, d in zip(seeds, dsc)]
+        if ub is not None:
+            pct = [d / evals[(s, ub)]["mean"]["dsc_mean"] for s, d in zip(seeds, dsc)]
             r["pct_of_upper_bound"] = float(np.mean(pct))
         ref_key = (setting, reference)
         if ref_key in keys and ref_key != (setting, method):
@@ -192,8 +192,7 @@ def summarise_seeds(out: str | Path, seeds: Sequence[int], *, reference: str = "
             a_dsc, a_hd = np.asarray(d_dsc), np.asarray(d_hd)
             r |= {"n_pairs": int(np.isfinite(a_dsc).sum()),
                   "delta_dsc_mean": float(np.nanmean(a_dsc)), "delta_dsc_sd": float(np.nanstd(a_dsc, ddof=1)),
-                  "p_dsc": _wilcoxon(a_dsc), "delta_hd95_mean": float(np.nanmean(a_hd)), "p_hd95": _wilcoxon(a_hd),
-                  "seeds_better": int(sum(d > evals[(s, ref_key)]["mean"]["dsc_mean"] for s, d in zip(seeds, dsc)))}
+                  "p_dsc": _wilcoxon(a_dsc), "delta_hd95_mean": float(np.nanmean(a_hd)), "p_hd95": _wilcoxon(a_hd)}
         rows.append(r)
     _write_summary(out, seeds, reference, rows)
     return {"seeds": list(seeds), "reference": reference, "rows": rows}
@@ -234,9 +233,8 @@ def _write_summary(out: Path, seeds: Sequence[int], reference: str, rows: list[d
     )
     write_text_atomic(f"# Summary over seeds\n\n{notes}\n\n{markdown_table(header, body)}\n", out / "summary.md")
     buf = io.StringIO()
-    keys = sorted({k for r in rows for k in r if not isinstance(r[k], list)}, key=lambda k: list(rows[0]).index(k)
-                  if k in rows[0] else 99)
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    columns = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, list)))
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     write_text_atomic(buf.getvalue(), out / "summary.csv")

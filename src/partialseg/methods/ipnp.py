@@ -116,3 +116,14 @@ class IPnP(Marginal):
 class IPnPGated(IPnP):
     name = "ipnp_gated"
     options_cls = IPnPGatedOptions
+
+
+def is_ipnp(name: str) -> bool:
+    """``ipnp`` and its registered variants: methods that train a round-0 specialist, then rounds
+    (False for a name no method is registered under)."""
+    from partialseg.methods import get_method
+
+    try:
+        return issubclass(get_method(name), IPnP)
+    except PartialsegError:
+        return False

@@ -52,8 +52,6 @@ def hounsfield(image: np.ndarray, preprocess: Any, stats: Any) -> np.ndarray:
 
 
 SOURCES = ("generalist", "specialist")
-#: runs whose model is a marginal-loss specialist on the partial labels, usable as round 0
-ADOPTABLE_METHODS = ("marginal", "ipnp", "ipnp_gated")
 
 
 def candidate_masks(
@@ -382,9 +380,12 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     if not model.exists():
         raise InputError(source, "specialist_run has no model.pt (is the run finished?)")
     saved = ckpt.load(model)
-    if saved.get("method", {}).get("name") not in ADOPTABLE_METHODS:
-        raise InputError(source, f"specialist_run must be one of {list(ADOPTABLE_METHODS)} runs, not "
-                                 f"{saved.get('method', {}).get('name')!r}")
+    from partialseg.methods.ipnp import is_ipnp
+
+    name = saved.get("method", {}).get("name")
+    # a marginal-loss specialist on the partial labels: a marginal run, or an IPnP run's last round
+    if name != "marginal" and not is_ipnp(str(name)):
+        raise InputError(source, f"specialist_run must be a 'marginal' or IPnP run, not {name!r}")
     differ = config_differences(cfg, dict(saved["config"]), ignore=("method", *EXECUTION_KEYS))
     if differ:
         raise InputError(source, f"specialist_run was trained with other settings in {differ}; round 0 must match the IPnP run")
@@ -467,15 +468,15 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
                 if d:
                     counts[d["status"]] += 1
             sel = [row for row in rows if row["round"] == r and row["organ"] == organ]
-            added = sum(int(x.get("added", 0)) for x in sel)
-            correct = sum(int(x.get("added_correct", 0)) for x in sel)
+            added = sum(x["added"] for x in sel)
+            correct = sum(x["added_correct"] for x in sel)
             table.append({"round": r, "organ": organ,
                           "pseudo_dsc": float(np.mean([x["dsc"] for x in sel])) if sel else None,
                           "specialist_dsc": float(np.mean([x["specialist_dsc"] for x in sel])) if sel else None,
                           "n_pseudo": len(sel), "added": added,
                           "added_precision": correct / added if added else None,
-                          "removed": sum(int(x.get("removed", 0)) for x in sel),
-                          "removed_wrong": sum(int(x.get("removed_wrong", 0)) for x in sel), **counts})
+                          "removed": sum(x["removed"] for x in sel),
+                          "removed_wrong": sum(x["removed_wrong"] for x in sel), **counts})
     if not table:
         return
     buf = io.StringIO()
@@ -498,10 +499,10 @@ def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, d
         if sel:
             lines.append(f"round {r}: {len(sel)} pseudo-labels (case × organ), mean DSC {100 * np.mean([x['dsc'] for x in sel]):.1f} %"
                          f" vs {100 * np.mean([x['specialist_dsc'] for x in sel]):.1f} % for the specialist's own prediction")
-            added = sum(int(x.get("added", 0)) for x in sel)
-            correct = sum(int(x.get("added_correct", 0)) for x in sel)
-            removed = sum(int(x.get("removed", 0)) for x in sel)
-            wrong = sum(int(x.get("removed_wrong", 0)) for x in sel)
+            added = sum(x["added"] for x in sel)
+            correct = sum(x["added_correct"] for x in sel)
+            removed = sum(x["removed"] for x in sel)
+            wrong = sum(x["removed_wrong"] for x in sel)
             lines.append(f"round {r}: the refinement added {added} voxels beyond the specialist's argmax"
                          + (f" ({100 * correct / added:.1f} % of them in the reference)" if added else "")
                          + f" and removed {removed}" + (f" ({100 * wrong / removed:.1f} % of them outside it)" if removed else ""))
