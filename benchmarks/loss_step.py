@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.training.r
 from partialseg.labels import LabelSpace  # noqa: E402
 from partialseg.registry import AMOS15  # noqa: E402
 from partialseg.training import losses as L  # noqa: E402
+from partialseg.training import tct_losses as T  # noqa: E402
 from tests.training.reference_losses import reference_ath_terms, reference_marginal_loss  # noqa: E402
 from train_step import make_batch  # noqa: E402
 
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     def tct_fast(x: Tensor, a: Tensor) -> Tensor:
         d = a[:, :, 1:] - a[:, :, :1]  # what TCT.heads hands over
         p = torch.softmax(x, 1)
-        ath, terms, _ = L.tct_head_terms(x, d, target, probs=p)
-        return L.marginal_dice_loss(x, target, ann, probs=p) + L.supervised_ath_sum(ath, ann).mean() + terms.sum(1).mean()
+        ath, terms, _ = T.tct_head_terms(x, d, target, probs=p)
+        return L.marginal_dice_loss(x, target, ann, probs=p) + T.supervised_ath_sum(ath, ann).mean() + terms.sum(1).mean()
 
     def tct_reference(x: Tensor, a: Tensor) -> Tensor:
         ath, terms = reference_ath_terms(x, a, target, dtype=f32)

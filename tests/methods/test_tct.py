@@ -23,6 +23,7 @@ from partialseg.methods.tct import TCT, TCTOptions
 from partialseg.networks import build_network
 from partialseg.registry import METHODS
 from partialseg.training import losses as L
+from partialseg.training import tct_losses as T
 from tests.conftest import write_block_dataset
 
 SPACE = LabelSpace(("liver", "spleen", "kidney_right", "kidney_left"))  # N = 4
@@ -176,7 +177,7 @@ def test_without_consistency_and_weighting_the_loss_is_main_plus_aux_dice():
     loss, logs = model(batch, StepContext(0, 10))
     logits, aux = outputs(model, batch)
     l_main = L.marginal_dice_loss(logits, batch.target, batch.annotated)
-    l_aux = L.aux_dice_loss(aux, batch.target, batch.annotated)
+    l_aux = T.aux_dice_loss(aux, batch.target, batch.annotated)
     assert loss.item() == pytest.approx((l_main + l_aux).item(), abs=1e-5)
     assert logs["l_main"] == pytest.approx(l_main.item(), abs=1e-5) and logs["l_aux"] == pytest.approx(l_aux.item(), abs=1e-5)
     assert "l_con" not in logs
@@ -190,7 +191,7 @@ def test_main_ce_weight_adds_the_marginal_cross_entropy_to_l_main():
     dice_only = L.marginal_dice_loss(logits, batch.target, batch.annotated)
     ce = L.marginal_loss(logits, batch.target, batch.annotated, ce_weight=1.0, dice_weight=0.0)
     assert logs["l_main"] == pytest.approx((dice_only + 0.5 * ce).item(), abs=1e-5)
-    assert loss.item() == pytest.approx(logs["l_main"] + L.aux_dice_loss(aux, batch.target, batch.annotated).item(), abs=1e-5)
+    assert loss.item() == pytest.approx(logs["l_main"] + T.aux_dice_loss(aux, batch.target, batch.annotated).item(), abs=1e-5)
     with pytest.raises(PartialsegError, match="main_ce_weight"):
         TCTOptions(main_ce_weight=-1.0)
 
@@ -213,16 +214,16 @@ def test_uauwl_combination_by_hand():
     loss, logs = model(batch, ctx)
     logits, aux = outputs(model, batch)
     l_main = L.marginal_dice_loss(logits, batch.target, batch.annotated).item()
-    l_aux = L.aux_dice_loss(aux, batch.target, batch.annotated).item()
-    l_con = L.consistency_loss(logits, aux, batch.annotated, threshold="median").item()
+    l_aux = T.aux_dice_loss(aux, batch.target, batch.annotated).item()
+    l_con = T.consistency_loss(logits, aux, batch.annotated, threshold="median").item()
     w = 0.7 * math.exp(-5.0 * (1 - 10 / 16) ** 2)
     s1, s2 = 0.3, -0.2
     expected = l_main * math.exp(-s1) + l_aux * math.exp(-s2) + 0.5 * (s1 + s2) + w * l_con
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert logs["l_con"] == pytest.approx(l_con, abs=1e-6) and logs["w"] == pytest.approx(w, rel=1e-6)
     assert (logs["s_main"], logs["s_aux"]) == pytest.approx((s1, s2))
-    _, iou = L.consistency_terms(logits, aux)
-    kept = L.consistency_keep_mask(iou, torch.ones_like(iou, dtype=torch.bool), "median")
+    _, iou = T.consistency_terms(logits, aux)
+    kept = T.consistency_keep_mask(iou, torch.ones_like(iou, dtype=torch.bool), "median")
     assert logs["con_kept"] == pytest.approx(kept.float().mean().item())
 
 
@@ -231,7 +232,7 @@ def test_without_filtering_every_consistency_term_is_kept():
     batch = make_batch()
     _, logs = model(batch, StepContext(10, 10))
     logits, aux = outputs(model, batch)
-    terms, _ = L.consistency_terms(logits, aux)
+    terms, _ = T.consistency_terms(logits, aux)
     assert logs["con_kept"] == 1.0
     assert logs["l_con"] == pytest.approx(terms.sum(1).mean().item(), abs=1e-6)
     assert logs["loss"] == pytest.approx(logs["l_main"] + logs["l_aux"] + logs["w"] * logs["l_con"], abs=1e-5)
@@ -250,7 +251,7 @@ def test_uwl_one_weight_per_ath_and_unsupervised_aths_left_out():
         only_j = batch.annotated.clone()
         only_j[:, 1:] = False
         only_j[:, j] = batch.annotated[:, j]
-        l_j = L.aux_dice_loss(aux, batch.target, only_j).item()
+        l_j = T.aux_dice_loss(aux, batch.target, only_j).item()
         expected += l_j * math.exp(-s[j].item()) + 0.5 * s[j].item()
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     loss.backward()

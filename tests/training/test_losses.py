@@ -16,11 +16,6 @@ from tests.training.reference_losses import reference_ath_terms, reference_margi
 from partialseg.training.losses import DEFAULT_SMOOTH as S
 from partialseg.training.losses import (
     annotated_channel_mask,
-    ath_dice_losses,
-    aux_dice_loss,
-    consistency_keep_mask,
-    consistency_loss,
-    consistency_terms,
     exclusion_loss,
     full_loss,
     marginal_dice_loss,
@@ -28,12 +23,19 @@ from partialseg.training.losses import (
     marginal_log_probs,
     marginal_loss,
     marginal_loss_positive_pseudo,
-    rampup_weight,
     sigmoid_loss,
     soft_dice_loss,
+    vls_voxel_mask,
+)
+from partialseg.training.tct_losses import (
+    ath_dice_losses,
+    aux_dice_loss,
+    consistency_keep_mask,
+    consistency_loss,
+    consistency_terms,
+    rampup_weight,
     tct_head_terms,
     uncertainty_weighted,
-    vls_voxel_mask,
 )
 
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from partialseg.errors import PartialsegError
 from partialseg.methods.base import Batch, Method, StepContext, register
 from partialseg.training import losses as L
+from partialseg.training import tct_losses as T
 
 WEIGHTINGS = ("uauwl", "uwl", "none")
 
@@ -51,7 +52,7 @@ class TCTOptions:
         rampup_fraction: T as a fraction of the training steps (0.4); 0 = no ramp-up.
         threshold: the IoU threshold theta of the consistency filter: ``"median"`` of the IoUs
             over the ATHs of each sample (the paper's "Task Median", default), ``"mean"`` ("Task
-            Mean"), ``"batch-mean"`` (see :func:`partialseg.training.losses.consistency_keep_mask`)
+            Mean"), ``"batch-mean"`` (see :func:`partialseg.training.tct_losses.consistency_keep_mask`)
             or a fixed number in [0, 1] such as 0.5.
         consistency_classes: which classes j take part in ``L_con``: ``"all"`` (j in Omega, as
             Eq. 6 prints) or ``"unlabelled"`` (j in Phi^c only).
@@ -108,20 +109,20 @@ class TCTOptions:
         if not 0.0 <= self.rampup_fraction <= 1.0:
             raise bad("rampup_fraction", self.rampup_fraction, "a fraction of training in [0, 1]")
         th = self.threshold
-        if isinstance(th, str) and th not in L.THRESHOLD_MODES:
+        if isinstance(th, str) and th not in T.THRESHOLD_MODES:
             try:
                 th = float(th)
             except ValueError:
-                raise bad("threshold", th, f"one of {list(L.THRESHOLD_MODES)} or a number in [0, 1]") from None
+                raise bad("threshold", th, f"one of {list(T.THRESHOLD_MODES)} or a number in [0, 1]") from None
         if not isinstance(th, str):
             if isinstance(th, bool) or not isinstance(th, int | float) or not 0.0 <= th <= 1.0:
-                raise bad("threshold", th, f"one of {list(L.THRESHOLD_MODES)} or a number in [0, 1]")
+                raise bad("threshold", th, f"one of {list(T.THRESHOLD_MODES)} or a number in [0, 1]")
             th = float(th)
         self.threshold = th
-        if self.consistency_classes not in L.CONSISTENCY_CLASSES:
-            raise bad("consistency_classes", self.consistency_classes, f"one of {list(L.CONSISTENCY_CLASSES)}")
-        if self.absent_classes not in L.ABSENT_CLASSES:
-            raise bad("absent_classes", self.absent_classes, f"one of {list(L.ABSENT_CLASSES)}")
+        if self.consistency_classes not in T.CONSISTENCY_CLASSES:
+            raise bad("consistency_classes", self.consistency_classes, f"one of {list(T.CONSISTENCY_CLASSES)}")
+        if self.absent_classes not in T.ABSENT_CLASSES:
+            raise bad("absent_classes", self.absent_classes, f"one of {list(T.ABSENT_CLASSES)}")
         if self.weighting not in WEIGHTINGS:
             raise bad("weighting", self.weighting, f"one of {list(WEIGHTINGS)}")
         if isinstance(self.aux_kernel_size, bool) or self.aux_kernel_size not in (0, 1, 3):
@@ -234,9 +235,9 @@ class TCT(Method):
             l_main = L.marginal_dice_loss(logits, target, annotated, probs=probs)
         if o.consistency:
             # every ATH's Dice loss and consistency term, and the IoUs, from one pass over the ATHs
-            ath_dice, terms, iou = L.tct_head_terms(logits, aux, target, probs=probs, stop_grad_aux=o.stop_grad_aux)
+            ath_dice, terms, iou = T.tct_head_terms(logits, aux, target, probs=probs, stop_grad_aux=o.stop_grad_aux)
         else:
-            ath_dice = L.ath_dice_losses(aux, target)
+            ath_dice = T.ath_dice_losses(aux, target)
         # Classes with supervision in this batch. An uncertainty term whose loss has no supervision
         # in the batch is left out (0 * s keeps s in the graph for DDP): its 1/2 s alone would
         # only drive s down, and so blow its weight up, between the batches that annotate it.
@@ -250,16 +251,16 @@ class TCT(Method):
             l_aux = per_ath.sum()
             s_aux = s[1:]
             aux_terms = torch.where(supervised, per_ath * torch.exp(-s_aux) + 0.5 * s_aux, 0.0 * s_aux)
-            total = L.uncertainty_weighted([l_main], s[:1]) + aux_terms.sum()
+            total = T.uncertainty_weighted([l_main], s[:1]) + aux_terms.sum()
             logs["s_main"] = s[0]
             logs["s_aux_mean"], logs["s_aux_min"], logs["s_aux_max"] = s_aux.mean(), s_aux.min(), s_aux.max()
         else:
-            l_aux = L.supervised_ath_sum(ath_dice, annotated).mean()
+            l_aux = T.supervised_ath_sum(ath_dice, annotated).mean()
             if o.weighting == "uauwl":
                 total = torch.where(
                     supervised.any(),
-                    L.uncertainty_weighted([l_main, l_aux], s),
-                    L.uncertainty_weighted([l_main], s[:1]) + 0.0 * s[1],
+                    T.uncertainty_weighted([l_main, l_aux], s),
+                    T.uncertainty_weighted([l_main], s[:1]) + 0.0 * s[1],
                 )
                 logs["s_main"], logs["s_aux"] = s[0], s[1]
             else:
@@ -267,13 +268,13 @@ class TCT(Method):
         logs["l_main"], logs["l_aux"] = l_main, l_aux
 
         if o.consistency:
-            w = L.rampup_weight(ctx.step, ctx.total_steps, o.lam, o.rampup_fraction)
+            w = T.rampup_weight(ctx.step, ctx.total_steps, o.lam, o.rampup_fraction)
             if o.consistency_classes == "all":
                 participating = torch.ones_like(terms, dtype=torch.bool)
             else:
                 participating = ~annotated[:, 1:].to(terms.device)
             if o.filtering:
-                keep = L.consistency_keep_mask(iou, participating, o.threshold, o.absent_classes)
+                keep = T.consistency_keep_mask(iou, participating, o.threshold, o.absent_classes)
             else:
                 keep = participating
             # Eq. 6: kept terms summed over j, per sample, then the batch mean
@@ -288,7 +289,7 @@ class TCT(Method):
             logs["con_present"] = present.sum()
             logs["con_present_kept"] = (keep & present).sum()
             if o.filtering:
-                literal = L.consistency_keep_mask(iou, participating, o.threshold, "in_median")
+                literal = T.consistency_keep_mask(iou, participating, o.threshold, "in_median")
                 logs["con_present_kept_literal"] = (literal & present).sum()
             logs["iou_mean"] = torch.where(present, iou, torch.zeros_like(iou)).sum() / present.sum().clamp_min(1)
         logs = {"loss": total, **logs}
