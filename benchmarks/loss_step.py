@@ -1,9 +1,9 @@
 """Forward + backward time of the training losses against their literal implementations.
 
-``partialseg.training.losses`` computes the marginal (TAL) CE + Dice, TCT's ``L_main`` and TCT's
+``partialseg.losses`` computes the marginal (TAL) CE + Dice, TCT's ``L_main`` and TCT's
 ATH terms (``L_aux``, ``L_con`` and the IoU gate) with per-label sums and a hand-written backward.
 The reference is the same formulas written out literally (one-hot targets, merged probability
-maps, 2-channel ATH softmaxes, plain autograd; ``tests/training/reference_losses.py``, the
+maps, 2-channel ATH softmaxes, plain autograd; ``tests/losses/reference_losses.py``, the
 implementation the tests check against), run here in float32 on the same tensors, round-robin in
 one process. Prints the median ms of each and the ratio reference / partialseg, and checks that
 the values agree.
@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.training.reference_losses
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.losses.reference_losses
 
 from partialseg.labels import LabelSpace  # noqa: E402
 from partialseg.registry import AMOS15  # noqa: E402
-from partialseg.training import losses as L  # noqa: E402
-from partialseg.training import tct_losses as T  # noqa: E402
-from tests.training.reference_losses import reference_ath_terms, reference_marginal_loss  # noqa: E402
+from partialseg import losses as L  # noqa: E402
+from partialseg.losses import tct as T  # noqa: E402
+from tests.losses.reference_losses import reference_ath_terms, reference_marginal_loss  # noqa: E402
 from train_step import make_batch  # noqa: E402
 
 

@@ -1,8 +1,8 @@
 """The ``tct`` method: options, training-only extras, the loss as the paper combines it, a CLI
 run with ``predict``, and parameter parity of the saved model with the ``marginal`` baseline.
 
-Hand values are composed from the loss functions of ``partialseg.training.losses`` (tested on
-their own, by hand, in tests/training/test_losses.py) applied to the same head outputs.
+Hand values are composed from the loss functions of ``partialseg.losses`` (tested on
+their own, by hand, in tests/losses/test_losses.py) applied to the same head outputs.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from partialseg import losses as L
 from partialseg.cli import app
 from partialseg.errors import PartialsegError
 from partialseg.labels import LabelSpace
+from partialseg.losses import tct as T
 from partialseg.methods import Batch, StepContext, get_method
 from partialseg.methods.base import TrainingModel
 from partialseg.methods.tct import TCT, TCTOptions
 from partialseg.networks import build_network
 from partialseg.registry import METHODS
-from partialseg.training import losses as L
-from partialseg.training import tct_losses as T
 from tests.conftest import write_block_dataset
 
 SPACE = LabelSpace(("liver", "spleen", "kidney_right", "kidney_left"))  # N = 4

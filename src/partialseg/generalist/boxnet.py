@@ -229,7 +229,7 @@ def train_boxnet(
     from partialseg.inference.sliding_window import autocast_context
     from partialseg.io import write_json_atomic
     from partialseg.training import checkpoint as ckpt
-    from partialseg.training import losses as L
+    from partialseg import losses as L
     from partialseg.training.trainer import lr_at, plot_curves, resolve_device, write_log
 
     cfg = cfg or BoxNetConfig()

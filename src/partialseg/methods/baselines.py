@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from partialseg import losses as L
 from partialseg.errors import PartialsegError
 from partialseg.methods.base import Batch, Method, StepContext, register
-from partialseg.training import losses as L
 
 
 def _voxel_mask(logits: Tensor, batch: Batch, *, background: bool = False) -> Tensor | None:

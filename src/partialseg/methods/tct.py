@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from partialseg import losses as L
 from partialseg.errors import PartialsegError
+from partialseg.losses import tct as T
 from partialseg.methods.base import Batch, Method, StepContext, register
-from partialseg.training import losses as L
-from partialseg.training import tct_losses as T
 
 WEIGHTINGS = ("uauwl", "uwl", "none")
 
@@ -52,7 +52,7 @@ class TCTOptions:
         rampup_fraction: T as a fraction of the training steps (0.4); 0 = no ramp-up.
         threshold: the IoU threshold theta of the consistency filter: ``"median"`` of the IoUs
             over the ATHs of each sample (the paper's "Task Median", default), ``"mean"`` ("Task
-            Mean"), ``"batch-mean"`` (see :func:`partialseg.training.tct_losses.consistency_keep_mask`)
+            Mean"), ``"batch-mean"`` (see :func:`partialseg.losses.tct.consistency_keep_mask`)
             or a fixed number in [0, 1] such as 0.5.
         consistency_classes: which classes j take part in ``L_con``: ``"all"`` (j in Omega, as
             Eq. 6 prints) or ``"unlabelled"`` (j in Phi^c only).

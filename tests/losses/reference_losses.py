@@ -1,7 +1,7 @@
 """The marginal, Dice and TCT losses written out literally: one-hot targets, merged probability
 maps, 2-channel ATH softmaxes, plain autograd.
 
-``partialseg.training.losses`` computes the same numbers with per-label sums and a hand-written
+``partialseg.losses`` computes the same numbers with per-label sums and a hand-written
 backward; the tests compare values and gradients against these (in float64), and
 ``benchmarks/loss_step.py`` times both (in float32).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from partialseg.training.losses import DEFAULT_SMOOTH as S
+from partialseg.losses import DEFAULT_SMOOTH as S
 
 
 def _merged(logits: Tensor, target: Tensor, ann: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,7 +1,7 @@
 """TCT's loss terms (Zhu et al.; methods.md "TCT", paper Eq. 3-7): the auxiliary task heads' Dice, the
 MSH/ATH consistency with its IoU filter, uncertainty weighting and the consistency ramp-up.
 
-Shapes and numerics follow :mod:`partialseg.training.losses` (whose helpers these use). ATH logits are
+Shapes and numerics follow :mod:`partialseg.losses` (whose helpers these use). ATH logits are
 ``(B, N, 2, *spatial)`` (background, class j) or their difference ``a_j^j - a_j^0`` as
 ``(B, N, 1, *spatial)``; the full-resolution reductions over the ATHs have a hand-written backward
 (:class:`_ATHSums`), and the tests hold every term to the formula written out literally.
@@ -15,13 +15,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from partialseg.training.losses import (
+from partialseg.losses.base import (
     DEFAULT_SMOOTH,
     _check_annotated,
     _check_target,
     _float_mask,
-    _per_label_sum,
 )
+from partialseg.losses.dice import _per_label_sum
 
 __all__ = [
     "ABSENT_CLASSES",

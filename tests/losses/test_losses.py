@@ -12,9 +12,8 @@ import math
 import pytest
 import torch
 
-from tests.training.reference_losses import reference_ath_terms, reference_marginal_loss
-from partialseg.training.losses import DEFAULT_SMOOTH as S
-from partialseg.training.losses import (
+from partialseg.losses import DEFAULT_SMOOTH as S
+from partialseg.losses import (
     annotated_channel_mask,
     exclusion_loss,
     full_loss,
@@ -27,7 +26,7 @@ from partialseg.training.losses import (
     soft_dice_loss,
     vls_voxel_mask,
 )
-from partialseg.training.tct_losses import (
+from partialseg.losses.tct import (
     ath_dice_losses,
     aux_dice_loss,
     consistency_keep_mask,
@@ -37,6 +36,7 @@ from partialseg.training.tct_losses import (
     tct_head_terms,
     uncertainty_weighted,
 )
+from tests.losses.reference_losses import reference_ath_terms, reference_marginal_loss
 
 
 def softmax(zs: list[float]) -> list[float]:
