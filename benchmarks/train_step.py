@@ -120,7 +120,7 @@ def build_runner(name: str, method: Method, args: argparse.Namespace, device: to
     for item in args.net_option:
         key, _, value = item.partition("=")
         options[key] = yaml.safe_load(value)
-    net = build_network(args.network, 1, method.output_channels(), **options)
+    net = method.wrap_network(build_network(args.network, 1, method.output_channels(), **options))
     model = TrainingModel(net, method).to(device)
     model.train()
     return Runner(name, model, torch.optim.Adam(model.parameters(), lr=1e-4), [])

@@ -50,7 +50,7 @@ class Predictor:
         space = LabelSpace(tuple(m["label_space"]))
         method = get_method(m["method"]["name"])(space, m["method"]["options"])
         n = m["network"]
-        net = build_network(n["name"], n["in_channels"], n["out_channels"], **n["options"])
+        net = method.wrap_network(build_network(n["name"], n["in_channels"], n["out_channels"], **n["options"]), training=False)
         net.load_state_dict(m["state_dict"])
         dev = resolve_device(device)
         net.to(dev).eval()

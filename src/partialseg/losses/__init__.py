@@ -52,6 +52,8 @@ from partialseg.losses.dice import soft_dice_loss
 from partialseg.losses.ipnp import marginal_loss_positive_pseudo, vls_voxel_mask
 from partialseg.losses.partial import (
     EXCLUSION_FORMS,
+    aal_loss,
+    ambiguity_entropy,
     exclusion_loss,
     full_loss,
     marginal_dice_loss,
@@ -64,6 +66,8 @@ from partialseg.losses.sigmoid import sigmoid_loss
 __all__ = [
     "DEFAULT_SMOOTH",
     "EXCLUSION_FORMS",
+    "aal_loss",
+    "ambiguity_entropy",
     "annotated_channel_mask",
     "exclusion_loss",
     "full_loss",

@@ -19,7 +19,7 @@ from partialseg.losses.base import (
 )
 from partialseg.losses.dice import _per_label_sum
 
-__all__ = ["EXCLUSION_FORMS", "exclusion_loss", "full_loss", "marginal_dice_loss", "marginal_exclusion_loss", "marginal_log_probs", "marginal_loss"]
+__all__ = ["EXCLUSION_FORMS", "aal_loss", "ambiguity_entropy", "exclusion_loss", "full_loss", "marginal_dice_loss", "marginal_exclusion_loss", "marginal_log_probs", "marginal_loss"]
 
 EXCLUSION_FORMS = ("dice", "ce", "dice+ce")
 
@@ -301,3 +301,66 @@ def marginal_exclusion_loss(
     )
     excl = exclusion_loss(logits, target, annotated, voxel_mask=voxel_mask, form=form, smooth=smooth)
     return marg + exclusion_weight * excl
+
+
+# ---- AAL (Chen et al., CVPR 2024, "versatile segmentation ... via model self-disambiguation") ---------
+def ambiguity_entropy(logits: Tensor, target: Tensor, annotated: Tensor, *, no_foreground_weight: float = 2.0) -> Tensor:
+    """AAL's entropy term: how undecided the model is among the classes a voxel may be, ``{0} ∪ Phi^c``.
+
+    On a voxel whose merged target is background, the marginal loss fixes only ``q^0 = p^0 + sum of the
+    unannotated p``; how ``q^0`` splits among ``{0} ∪ Phi^c`` is free. The term is the entropy of that
+    split, ``H_v = -sum_{n in {0} ∪ Phi^c} r^n log r^n`` with ``r^n = p^n / q^0`` (0 where Phi^c is
+    empty), averaged over the sample's background voxels, then over the samples with sample weight
+    ``no_foreground_weight`` where the patch has no labelled foreground voxel (the paper weights such
+    patches up; they carry no other signal about the unannotated organs) and 1 elsewhere:
+    ``sum_b w_b H_b / B``.
+
+    Args:
+        logits: ``(B, C, *spatial)``; target ``(B, *spatial)``; annotated ``(B, C)`` bool.
+    """
+    target = _check_target(logits, target)
+    b, c = logits.shape[:2]
+    annotated = _check_annotated(annotated, b, c).to(logits.device)
+    merged = merge_target(target, annotated)
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    view = _merged_channels(annotated).reshape(b, c, *([1] * (logits.ndim - 2)))
+    log_pm = log_p.masked_fill(~view, float("-inf"))
+    # -inf off the merged set becomes 0 *before* any product: exp(-inf) * -inf would be NaN in the backward
+    log_r = torch.where(view, log_pm - torch.logsumexp(log_pm, dim=1, keepdim=True), torch.zeros_like(log_pm))
+    h = -(log_r.exp() * log_r * view).sum(dim=1)  # (B, *spatial)
+    bg = (merged == 0).reshape(b, -1).to(h.dtype)
+    per_sample = (h.reshape(b, -1) * bg).sum(dim=1) / bg.sum(dim=1).clamp_min(1.0)
+    has_fg = (merged.reshape(b, -1) > 0).any(dim=1)
+    weight = torch.where(has_fg, torch.ones_like(per_sample), torch.full_like(per_sample, no_foreground_weight))
+    return (weight * per_sample).mean()
+
+
+def aal_loss(
+    logits: Tensor,
+    target: Tensor,
+    annotated: Tensor,
+    *,
+    gamma: float = 2.0,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    entropy_weight: float = 0.1,
+    no_foreground_weight: float = 2.0,
+    smooth: float = DEFAULT_SMOOTH,
+) -> Tensor:
+    """AAL (methods.md "Baselines"): focal CE and Dice on TAL's merged distribution, plus the entropy term.
+
+    ``L = ce_weight * mean_v [-(1 - q^y)^gamma log q^y] + dice_weight * (1 - mean Dice(q) over {0} ∪ Phi)
+    + entropy_weight * ambiguity_entropy``, with ``q`` TAL's merged probabilities
+    (:func:`marginal_log_probs`) and ``y`` the merged target. ``gamma = 0`` and ``entropy_weight = 0``
+    give :func:`marginal_loss`.
+    """
+    target = _check_target(logits, target)
+    annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
+    merged = merge_target(target, annotated)
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    log_qy = -_marginal_ce(log_p, merged, annotated)
+    focal = -((1.0 - log_qy.exp()).clamp_min(0.0) ** gamma) * log_qy
+    loss = _ce_plus_dice(log_p, merged, annotated, None, ce_weight, dice_weight, smooth, ce=focal)
+    if entropy_weight != 0.0:
+        loss = loss + entropy_weight * ambiguity_entropy(logits, target, annotated, no_foreground_weight=no_foreground_weight)
+    return loss

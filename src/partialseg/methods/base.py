@@ -1,9 +1,11 @@
 """The method interface the training loop talks to.
 
 A method decides (1) how many output channels the network has and how they become class
-probabilities, (2) which training-only modules sit beside the network (auxiliary heads,
-learnable loss weights), and (3) the training loss. The inference model is always the bare
-network, so every method predicts with the same code.
+probabilities, (2) which heads it puts on the configured backbone for good (``wrap_network``: the
+task-conditioned heads of DoDNet and CLIP-Driven; most methods keep the backbone as it is),
+(3) which training-only modules sit beside the network (auxiliary heads, learnable loss weights),
+and (4) the training loss. The inference model is the (wrapped) network alone, so every method
+predicts with the same code.
 """
 
 from __future__ import annotations
@@ -80,6 +82,15 @@ class Method:
         """(B, out_channels, ...) logits → (B, N+1, ...) class probabilities whose argmax is the label."""
         return torch.softmax(logits.float(), dim=1)
 
+    def wrap_network(self, net: nn.Module, *, training: bool = True) -> nn.Module:
+        """The network this method trains and predicts with, built around the configured backbone.
+
+        Called with the freshly built backbone both before training and when a model file is loaded
+        (``training=False``: nothing outside the model file may be read; ``load_state_dict`` fills
+        in what training learnt). Default: the backbone itself.
+        """
+        return net
+
     # -- training -------------------------------------------------------------------------
     def build_extras(self, net: nn.Module) -> nn.Module | None:
         """Training-only modules (auxiliary heads, learnable loss weights); not part of the saved model."""
@@ -105,7 +116,9 @@ class TrainingModel(nn.Module):
 
 _REGISTRY: dict[str, type[Method]] = {}
 # Modules that register methods; imported on first lookup so the CLI starts fast.
-_METHOD_MODULES = ("partialseg.methods.baselines", "partialseg.methods.ipnp", "partialseg.methods.tct")
+_METHOD_MODULES = (
+    "partialseg.methods.baselines", "partialseg.methods.dynamic", "partialseg.methods.ipnp", "partialseg.methods.tct",
+)
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -105,3 +105,29 @@ class PerOrganSigmoid(Method):
         logits = net(batch.image)
         loss = L.sigmoid_loss(logits, batch.target, batch.annotated)
         return loss, {"loss": float(loss.detach())}
+
+
+@dataclass
+class AALOptions:
+    """AAL's terms (Chen et al. 2024); the weights of the entropy term are our defaults (methods.md)."""
+
+    gamma: float = 2.0
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    entropy_weight: float = 0.1
+    no_foreground_weight: float = 2.0
+
+
+@register
+class AmbiguityAware(Method):
+    name = "aal"
+    options_cls = AALOptions
+
+    def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        logits = net(batch.image)
+        o = self.options
+        loss = L.aal_loss(
+            logits, batch.target, batch.annotated, gamma=o.gamma, ce_weight=o.ce_weight, dice_weight=o.dice_weight,
+            entropy_weight=o.entropy_weight, no_foreground_weight=o.no_foreground_weight,
+        )
+        return loss, {"loss": float(loss.detach())}

@@ -38,6 +38,8 @@ class SegmentationNetwork(nn.Module, ABC):
         head_kernel_size: kernel of the main head; ``make_head`` reuses it so that auxiliary
             heads look like the main one (TCT Sec. 3 / App. B: every head is one conv).
         size_divisor: per spatial axis, the number every input size must be divisible by.
+        bottleneck_channels: channels of the deepest encoder map that
+            :meth:`features_and_bottleneck` returns (0 where a network does not expose it).
     """
 
     #: Registry name, used in error messages.
@@ -48,6 +50,7 @@ class SegmentationNetwork(nn.Module, ABC):
     head: nn.Module
     head_kernel_size: int
     size_divisor: tuple[int, int, int]
+    bottleneck_channels: int = 0
 
     @abstractmethod
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +68,17 @@ class SegmentationNetwork(nn.Module, ABC):
         """
         self.check_input(x)
         return self._features(x)
+
+    def features_and_bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features(x)`` and the deepest encoder map of the same pass, ``(B, bottleneck_channels, x, y, z)``.
+
+        Task-conditioned heads (DoDNet, CLIP-Driven) pool the bottleneck into their controller's input.
+        """
+        self.check_input(x)
+        return self._features_and_bottleneck(x)
+
+    def _features_and_bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise InputError(None, f"network {self.name!r} does not expose its bottleneck; use unet_tct or dynunet")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, X, Y, Z)`` = ``head(features(x))``."""

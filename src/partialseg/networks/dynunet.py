@@ -164,6 +164,7 @@ class DynUNetSegmentation(SegmentationNetwork):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.feature_channels = self.plan.filters[0]
+        self.bottleneck_channels = self.plan.filters[-1]
         self.head_kernel_size = 1
         self.size_divisor = self.plan.size_divisor
         self.deep_supervision = deep_supervision
@@ -186,6 +187,16 @@ class DynUNetSegmentation(SegmentationNetwork):
         # skip_layers is DynUNet.forward minus its output block; with deep supervision it
         # also fills self.net.heads with the lower-resolution logits as a side effect.
         return self.net.skip_layers(x)
+
+    def _features_and_bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # MONAI's recursive skip layers call the bottleneck deep inside; a hook for this one pass reads it
+        seen: list[torch.Tensor] = []
+        hook = self.net.bottleneck.register_forward_hook(lambda _m, _i, out: seen.append(out))
+        try:
+            features = self.net.skip_layers(x)
+        finally:
+            hook.remove()
+        return features, seen[-1]
 
     def deep_supervision_logits(self, size: Sequence[int]) -> list[torch.Tensor]:
         """Logits of the deep-supervision heads of the latest ``features`` call, resized.

@@ -142,6 +142,7 @@ class TCTUNet(SegmentationNetwork):
         self.out_channels = out_channels
         self.base_channels = base_channels
         self.feature_channels = base_channels
+        self.bottleneck_channels = 16 * base_channels
         self.head_kernel_size = head_kernel_size
         self.norm = norm
         div = 2**TCT_UNET_POOLINGS
@@ -187,17 +188,20 @@ class TCTUNet(SegmentationNetwork):
             )
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features_and_bottleneck(x)[0]
+
+    def _features_and_bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         skips: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
             x = F.max_pool3d(x, kernel_size=2)
-        x = self.bottleneck(x)
+        x = bottleneck = self.bottleneck(x)
         for stage, skip in zip(self.decoder, reversed(skips), strict=True):
             # Upsample to the skip's exact size (equal to x2 here, since sizes are multiples of 16).
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             x = stage(torch.cat([skip, x], dim=1))
-        return x
+        return x, bottleneck
 
 
 def tct_unet_parameter_count(

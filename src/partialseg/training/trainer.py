@@ -381,7 +381,7 @@ def _train(
     # --- model ------------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
     method = get_method(cfg.method.name)(space, cfg.method.options)
-    net = build_network(cfg.network.name, 1, method.output_channels(), **cfg.network.options)
+    net = method.wrap_network(build_network(cfg.network.name, 1, method.output_channels(), **cfg.network.options))
     if init_weights is not None:
         net.load_state_dict(init_weights)
     model = TrainingModel(net, method).to(device)
