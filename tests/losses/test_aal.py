@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from partialseg.losses import aal_loss, ambiguity_entropy, annotated_channel_mask, marginal_loss
+from partialseg.losses import (
+    aal_loss,
+    ambiguity_entropy,
+    annotated_channel_mask,
+    marginal_loss,
+)
 
 
 def _two_voxels():

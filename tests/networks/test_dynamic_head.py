@@ -8,7 +8,11 @@ import torch.nn.functional as F
 
 from partialseg.errors import InputError
 from partialseg.networks import build_network
-from partialseg.networks.dynamic_head import DynamicHeadNetwork, apply_dynamic_heads, dynamic_head_parameter_count
+from partialseg.networks.dynamic_head import (
+    DynamicHeadNetwork,
+    apply_dynamic_heads,
+    dynamic_head_parameter_count,
+)
 
 
 def test_head_parameter_count_is_8_8_1():

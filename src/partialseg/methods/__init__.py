@@ -4,6 +4,13 @@
 data in ``partialseg.registry.METHODS`` so listing them imports nothing heavy.
 """
 
-from partialseg.methods.base import Batch, Method, StepContext, get_method, method_names, register
+from partialseg.methods.base import (
+    Batch,
+    Method,
+    StepContext,
+    get_method,
+    method_names,
+    register,
+)
 
 __all__ = ["Batch", "Method", "StepContext", "get_method", "method_names", "register"]

@@ -24,7 +24,6 @@ from partialseg.errors import PartialsegError
 from partialseg.methods.base import register
 from partialseg.methods.baselines import Marginal, MarginalOptions
 
-
 PSEUDO_SOURCES = ("generalist", "specialist", "auto", "none")
 
 

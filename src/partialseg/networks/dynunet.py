@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 
 from partialseg.errors import InputError
-from partialseg.networks.base import SegmentationNetwork, check_patch_size
+from partialseg.networks.base import SegmentationNetwork
 
 Triple = tuple[int, int, int]
 
