@@ -36,6 +36,10 @@ __all__ = ["HEADLINE_TABLES", "HeadlineTable", "run_seeds", "summarise_seeds"]
 _ROUNDS = "rounds=2,steps_per_round=360"
 
 
+#: The other methods of the papers' tables, in every headline table (issue 16 adds the rest as they land)
+_OTHERS = ("aal", "dodnet", "clip_driven")
+
+
 @dataclass(frozen=True)
 class HeadlineTable:
     """One headline table of the README: what ``run_benchmark`` runs for it, on every seed."""
@@ -53,7 +57,7 @@ HEADLINE_TABLES: dict[str, HeadlineTable] = {
         f"ipnp-{keep:g}": HeadlineTable(
             protocol="ipnp",
             keeps=(keep,),
-            methods=("full", "marginal", f"ipnp:{_ROUNDS}", f"ipnp_gated:{_ROUNDS}", f"ipnp:{_ROUNDS},pseudo_source=none"),
+            methods=("full", "marginal", f"ipnp:{_ROUNDS}", f"ipnp_gated:{_ROUNDS}", f"ipnp:{_ROUNDS},pseudo_source=none", *_OTHERS),
             match_steps=True,
             description=f"IPnP protocol, keep {keep:g}: every method and the upper bound train IPnP's total steps",
         )
@@ -61,7 +65,7 @@ HEADLINE_TABLES: dict[str, HeadlineTable] = {
     },
     "tct": HeadlineTable(
         protocol="tct",
-        methods=("full", "marginal", "tct", "tct:absent_classes=keep", "tct:main_ce_weight=1,aux_kernel_size=1"),
+        methods=("full", "marginal", "tct", "tct:absent_classes=keep", "tct:main_ce_weight=1,aux_kernel_size=1", *_OTHERS),
         description="TCT protocol: five sources in the paper's proportions, 5 organs",
     ),
 }
