@@ -319,11 +319,15 @@ def ambiguity_entropy(logits: Tensor, target: Tensor, annotated: Tensor, *, no_f
         logits: ``(B, C, *spatial)``; target ``(B, *spatial)``; annotated ``(B, C)`` bool.
     """
     target = _check_target(logits, target)
-    b, c = logits.shape[:2]
-    annotated = _check_annotated(annotated, b, c).to(logits.device)
-    merged = merge_target(target, annotated)
+    annotated = _check_annotated(annotated, logits.shape[0], logits.shape[1]).to(logits.device)
     log_p = torch.log_softmax(logits.float(), dim=1)
-    view = _merged_channels(annotated).reshape(b, c, *([1] * (logits.ndim - 2)))
+    return _ambiguity_entropy(log_p, merge_target(target, annotated), annotated, no_foreground_weight)
+
+
+def _ambiguity_entropy(log_p: Tensor, merged: Tensor, annotated: Tensor, no_foreground_weight: float) -> Tensor:
+    """:func:`ambiguity_entropy` from the log-softmax and the merged target (shared with :func:`aal_loss`)."""
+    b, c = log_p.shape[:2]
+    view = _merged_channels(annotated).reshape(b, c, *([1] * (log_p.ndim - 2)))
     log_pm = log_p.masked_fill(~view, float("-inf"))
     # -inf off the merged set becomes 0 *before* any product: exp(-inf) * -inf would be NaN in the backward
     log_r = torch.where(view, log_pm - torch.logsumexp(log_pm, dim=1, keepdim=True), torch.zeros_like(log_pm))
@@ -362,5 +366,5 @@ def aal_loss(
     focal = -((1.0 - log_qy.exp()).clamp_min(0.0) ** gamma) * log_qy
     loss = _ce_plus_dice(log_p, merged, annotated, None, ce_weight, dice_weight, smooth, ce=focal)
     if entropy_weight != 0.0:
-        loss = loss + entropy_weight * ambiguity_entropy(logits, target, annotated, no_foreground_weight=no_foreground_weight)
+        loss = loss + entropy_weight * _ambiguity_entropy(log_p, merged, annotated, no_foreground_weight)
     return loss
