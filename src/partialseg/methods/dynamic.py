@@ -26,6 +26,9 @@ from partialseg.methods.baselines import PerOrganSigmoid
 @dataclass
 class DoDNetOptions:
     head_channels: int = 8  # width of the dynamic heads (8-8-1 in the paper)
+    #: "he": generated heads start He-initialised (controller bias); "default": PyTorch's Linear init
+    #: (near-constant logits at the start); see DynamicHeadNetwork
+    controller_init: str = "he"
     bce_weight: float = 1.0
     dice_weight: float = 1.0
 
@@ -46,7 +49,9 @@ class DoDNet(_DynamicHeadMethod):
     def wrap_network(self, net: nn.Module, *, training: bool = True) -> nn.Module:
         from partialseg.networks.dynamic_head import DynamicHeadNetwork
 
-        return DynamicHeadNetwork(net, self.label_space.num_classes, task_code="onehot", head_channels=self.options.head_channels)
+        return DynamicHeadNetwork(net, self.label_space.num_classes, task_code="onehot", head_channels=self.options.head_channels,
+            controller_init=self.options.controller_init,
+        )
 
 
 @dataclass
@@ -57,6 +62,7 @@ class ClipDrivenOptions:
     embedding_dim: int = 512  # CLIP ViT-B/32 text features
     projection_dim: int = 256
     head_channels: int = 8
+    controller_init: str = "he"
     bce_weight: float = 1.0
     dice_weight: float = 1.0
 
@@ -107,5 +113,5 @@ class ClipDriven(_DynamicHeadMethod):
             )
         return DynamicHeadNetwork(
             net, self.label_space.num_classes, task_code="embedding", head_channels=o.head_channels,
-            embedding_dim=o.embedding_dim, projection_dim=o.projection_dim, embeddings=embeddings,
+            embedding_dim=o.embedding_dim, projection_dim=o.projection_dim, embeddings=embeddings, controller_init=o.controller_init,
         )

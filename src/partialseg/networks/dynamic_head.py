@@ -28,6 +28,7 @@ from partialseg.errors import InputError
 from partialseg.networks.base import SegmentationNetwork
 
 TaskCode = Literal["onehot", "embedding"]
+ControllerInit = Literal["he", "default"]
 
 
 def dynamic_head_parameter_count(head_channels: int) -> int:
@@ -75,6 +76,16 @@ def apply_dynamic_heads(features: Tensor, params: Tensor, head_channels: int, *,
     return out.reshape(b, n, *features.shape[2:])
 
 
+def he_head_parameters(head_channels: int, generator: torch.Generator | None = None) -> Tensor:
+    """A flat head (layout of :func:`apply_dynamic_heads`) with He-normal weights (fan-in h, ReLU gain)
+    and zero biases; the last layer, followed by no ReLU, gets std sqrt(1/h)."""
+    h = head_channels
+    w1, w2 = (torch.randn(h, h, generator=generator) * (2.0 / h) ** 0.5 for _ in range(2))
+    w3 = torch.randn(1, h, generator=generator) * (1.0 / h) ** 0.5
+    z = torch.zeros
+    return torch.cat([w1.flatten(), z(h), w2.flatten(), z(h), w3.flatten(), z(1)])
+
+
 class DynamicHeadNetwork(SegmentationNetwork):
     """A backbone with one task-conditioned dynamic head per class (DoDNet / CLIP-Driven).
 
@@ -90,6 +101,13 @@ class DynamicHeadNetwork(SegmentationNetwork):
         projection_dim: the embeddings' projection before the controller (256 in CLIP-Driven).
         embeddings: ``(N, D)`` fixed class embeddings (e.g. CLIP text features); None: learnt,
             initialised N(0, 1/D).
+        controller_init: ``"he"``: the controller's bias holds a He-initialised head, so every
+            generated head starts as an ordinary randomly initialised conv stack and the controller's
+            weights (PyTorch's default init) add the task- and image-specific part; ``"default"``:
+            PyTorch's default ``Linear`` init throughout, which makes each generated weight
+            ~U(+-1/sqrt(Fb + code_dim)) (about 0.06, against He's 0.5 for an 8-wide layer), so the three
+            layers start with logits nearly constant in space (std 0.06 on a random input) and the
+            backbone's gradients small. The papers do not say; chosen on validation (docs/methods.md).
     """
 
     name = "dynamic_head"
@@ -104,12 +122,15 @@ class DynamicHeadNetwork(SegmentationNetwork):
         embedding_dim: int = 512,
         projection_dim: int = 256,
         embeddings: Tensor | None = None,
+        controller_init: ControllerInit = "he",
     ) -> None:
         super().__init__()
         if backbone.bottleneck_channels <= 0:
             raise InputError(None, f"network {backbone.name!r} does not expose its bottleneck; use unet_tct or dynunet")
         if task_code not in ("onehot", "embedding"):
             raise InputError(None, f"task_code must be 'onehot' or 'embedding', got {task_code!r}")
+        if controller_init not in ("he", "default"):
+            raise InputError(None, f"controller_init must be 'he' or 'default', got {controller_init!r}")
         if num_classes < 1 or head_channels < 1:
             raise InputError(None, "a dynamic head needs num_classes >= 1 and head_channels >= 1")
         self.backbone = backbone
@@ -139,6 +160,9 @@ class DynamicHeadNetwork(SegmentationNetwork):
             self.projection = nn.Linear(embedding_dim, projection_dim)
             code_dim = projection_dim
         self.controller = nn.Linear(self.bottleneck_channels + code_dim, dynamic_head_parameter_count(head_channels))
+        if controller_init == "he":
+            with torch.no_grad():
+                self.controller.bias.copy_(he_head_parameters(head_channels))
 
     def check_input(self, x: Tensor) -> None:
         self.backbone.check_input(x)
@@ -167,4 +191,4 @@ def _groups(channels: int) -> int:
     return next(g for g in (16, 8, 4, 2, 1) if channels % g == 0)
 
 
-__all__ = ["CPU_VOXEL_CHUNK", "DynamicHeadNetwork", "apply_dynamic_heads", "dynamic_head_parameter_count"]
+__all__ = ["CPU_VOXEL_CHUNK", "DynamicHeadNetwork", "apply_dynamic_heads", "dynamic_head_parameter_count", "he_head_parameters"]
