@@ -28,7 +28,7 @@ from partialseg.methods import get_method
 from partialseg.networks import build_network
 from partialseg.registry import AMOS15
 
-DEFAULT_METHODS = ("marginal", "sigmoid", "tct", "aal", "dodnet", "clip_driven")
+DEFAULT_METHODS = ("marginal", "sigmoid", "tct", "aal", "dodnet", "clip_driven", "transdodnet", "hermes")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,6 +46,8 @@ METHODS: dict[str, str] = {
     "exclusion": "Marginal + exclusion loss (Shi et al. 2021): annotated organ voxels cannot be any unannotated organ.",
     "aal": "AAL (Chen et al. 2024): marginal merge of background and unannotated organs; focal CE (gamma 2) + Dice, plus entropy minimisation among the merged classes.",
     "dodnet": "DoDNet (Zhang et al. 2021): per-organ dynamic 1x1x1 heads whose weights a controller makes from the organ's one-hot code and pooled bottleneck features; sigmoid, BCE + Dice on annotated organs.",
+    "transdodnet": "TransDoDNet (Xie et al. 2023): DoDNet's dynamic heads with parameters from per-organ task queries that attend to multi-scale encoder features (dense cross-attention for the paper's deformable attention).",
+    "hermes": "Hermes (Gao et al. 2024): task and modality tokens in two-way attention with bottleneck and decoder features become per-organ prototypes; sigmoid, BCE + Dice on annotated organs.",
     "clip_driven": "CLIP-Driven (Liu et al. 2023): DoDNet-style dynamic heads conditioned on class embeddings (learnt, or CLIP text features from a file); sigmoid, BCE + Dice on annotated organs.",
     "ipnp": "IPnP as published: specialist box-prompts a frozen generalist for unannotated organs; refined pseudo-labels, the paper's VLS loss, rounds.",
     "ipnp_gated": "IPnP with our additions: positive-only pseudo-label loss, a per-organ gate between generalist and specialist, largest-component prompts.",

@@ -1,4 +1,4 @@
-"""DoDNet, CLIP-Driven and AAL as registered methods: options, embedding files, train -> predict end to end."""
+"""DoDNet, CLIP-Driven, TransDoDNet, Hermes and AAL as registered methods: options, embedding files, train -> predict end to end."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from tests.methods.test_tct import TINY
 def test_registered_and_listed():
     r = CliRunner().invoke(app, ["methods"])
     assert r.exit_code == 0
-    for name in ("dodnet", "clip_driven", "aal"):
+    for name in ("dodnet", "clip_driven", "transdodnet", "hermes", "aal"):
         assert name in r.output
         get_method(name)
 
 
-@pytest.mark.parametrize("name", ["dodnet", "clip_driven"])
+@pytest.mark.parametrize("name", ["dodnet", "clip_driven", "transdodnet", "hermes"])
 def test_loss_touches_only_the_annotated_organs_heads(name, small_space):
     method = get_method(name)(small_space, {})
     net = method.wrap_network(build_network("unet_tct", 1, method.output_channels(), base_channels=4))
@@ -71,7 +71,7 @@ def test_embedding_files(tmp_path):
         load_class_embeddings(tmp_path / "e.txt", names, 4)
 
 
-@pytest.mark.parametrize("method", ["dodnet", "clip_driven", "aal"])
+@pytest.mark.parametrize("method", ["dodnet", "clip_driven", "transdodnet", "hermes", "aal"])
 def test_cli_train_then_predict(tmp_path, small_space, method):
     data = write_block_dataset(tmp_path / "blocks", small_space, n_cases=3,
                                annotated={"case_000": ["liver"], "case_001": ["spleen", "kidney_left"]})

@@ -37,7 +37,7 @@ _ROUNDS = "rounds=2,steps_per_round=360"
 
 
 #: The other methods of the papers' tables, in every headline table (issue 16 adds the rest as they land)
-_OTHERS = ("aal", "dodnet", "clip_driven")
+_OTHERS = ("aal", "dodnet", "clip_driven", "transdodnet", "hermes")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Task-conditioned dynamic heads on the shared backbone: DoDNet (Zhang et al. 2021) and CLIP-Driven
-(Liu et al. 2023); methods.md "Baselines", network in :mod:`partialseg.networks.dynamic_head`.
+"""Task-conditioned dynamic heads on the shared backbone: DoDNet (Zhang et al. 2021), CLIP-Driven
+(Liu et al. 2023) and TransDoDNet (Xie et al. 2023); methods.md "Baselines", networks in
+:mod:`partialseg.networks.dynamic_head` and :mod:`partialseg.networks.task_query`.
 
 Both predict one sigmoid per organ and train with the ``sigmoid`` baseline's loss, BCE + Dice over the
 sample's annotated organs Phi (:func:`partialseg.losses.sigmoid_loss`). DoDNet trains one task per
@@ -115,3 +116,59 @@ class ClipDriven(_DynamicHeadMethod):
             net, self.label_space.num_classes, task_code="embedding", head_channels=o.head_channels,
             embedding_dim=o.embedding_dim, projection_dim=o.projection_dim, embeddings=embeddings, controller_init=o.controller_init,
         )
+
+
+@dataclass
+class TransDoDNetOptions:
+    head_channels: int = 8
+    d_model: int = 128  # width of the task queries and memory tokens
+    num_heads: int = 4
+    num_layers: int = 2  # transformer decoder layers
+    levels: int = 3  # deepest encoder outputs in the memory (1/16, 1/8, 1/4)
+    controller_init: str = "he"
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+
+
+@register
+class TransDoDNet(_DynamicHeadMethod):
+    """DoDNet's dynamic heads with parameters from N task queries that attend to multi-scale encoder
+    features (dense cross-attention standing in for the paper's deformable attention)."""
+
+    name = "transdodnet"
+    options_cls = TransDoDNetOptions
+
+    def wrap_network(self, net: nn.Module, *, training: bool = True) -> nn.Module:
+        from partialseg.networks.task_query import TaskQueryNetwork
+
+        o = self.options
+        return TaskQueryNetwork(
+            net, self.label_space.num_classes, head_channels=o.head_channels, d_model=o.d_model, num_heads=o.num_heads,
+            num_layers=o.num_layers, levels=o.levels, controller_init=o.controller_init,
+        )
+
+
+@dataclass
+class HermesOptions:
+    d_model: int = 128  # token width
+    num_heads: int = 4
+    num_modalities: int = 1  # modality tokens (every case here is CT)
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+
+
+@register
+class Hermes(_DynamicHeadMethod):
+    """Hermes (Gao et al. 2024): task and modality tokens in two-way attention with the bottleneck and
+    decoder features; each task token becomes a prototype whose dot product with the features is the
+    class's logit. Same loss as DoDNet (BCE + Dice over the annotated classes)."""
+
+    name = "hermes"
+    options_cls = HermesOptions
+
+    def wrap_network(self, net: nn.Module, *, training: bool = True) -> nn.Module:
+        from partialseg.networks.task_tokens import TaskTokenNetwork
+
+        o = self.options
+        return TaskTokenNetwork(net, self.label_space.num_classes, num_modalities=o.num_modalities, d_model=o.d_model,
+                                num_heads=o.num_heads)

@@ -20,11 +20,21 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from partialseg.errors import InputError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a backbone: ``kind`` is "encoder", "bottleneck" or "decoder"; ``channels`` its output's."""
+
+    kind: str
+    module: nn.Module
+    channels: int
 
 
 class SegmentationNetwork(nn.Module, ABC):
@@ -79,6 +89,15 @@ class SegmentationNetwork(nn.Module, ABC):
 
     def _features_and_bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise InputError(None, f"network {self.name!r} does not expose its bottleneck; use unet_tct or dynunet")
+
+    def stages(self) -> list[Stage]:
+        """The backbone's stages in the order a forward pass runs them: encoder stages (finest first),
+        the bottleneck, decoder stages (coarsest first; the last one's output is ``features``).
+
+        Task-query and task-token heads (TransDoDNet, Hermes) read, or replace, these stages'
+        outputs with forward hooks, so they need no copy of the backbone's forward.
+        """
+        raise InputError(None, f"network {self.name!r} does not list its stages; use unet_tct or dynunet")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, X, Y, Z)`` = ``head(features(x))``."""

@@ -143,9 +143,7 @@ class DynamicHeadNetwork(SegmentationNetwork):
         self.size_divisor = backbone.size_divisor
         self.task_code = task_code
         self.head_channels = head_channels
-        f = backbone.feature_channels
-        # DoDNet's pre-classification block: the decoder's features squeezed to the heads' width
-        self.head = nn.Sequential(nn.GroupNorm(_groups(f), f), nn.ReLU(inplace=True), nn.Conv3d(f, head_channels, 1))
+        self.head = pre_classification_block(backbone.feature_channels, head_channels)
         if task_code == "onehot":
             self.register_buffer("codes", torch.eye(num_classes), persistent=False)
             self.projection: nn.Module = nn.Identity()
@@ -186,9 +184,12 @@ class DynamicHeadNetwork(SegmentationNetwork):
         return apply_dynamic_heads(self.head(features), params.to(features.dtype), self.head_channels)
 
 
-def _groups(channels: int) -> int:
-    # DoDNet uses GroupNorm(16); fewer where a slim backbone has fewer feature channels
-    return next(g for g in (16, 8, 4, 2, 1) if channels % g == 0)
+def pre_classification_block(channels: int, head_channels: int) -> nn.Sequential:
+    """DoDNet's pre-classification block: the decoder's features squeezed to the heads' width (norm, ReLU, 1x1x1 conv)."""
+    # DoDNet uses GroupNorm(16); fewer groups where a slim backbone has fewer feature channels
+    groups = next(g for g in (16, 8, 4, 2, 1) if channels % g == 0)
+    return nn.Sequential(nn.GroupNorm(groups, channels), nn.ReLU(inplace=True), nn.Conv3d(channels, head_channels, 1))
 
 
-__all__ = ["CPU_VOXEL_CHUNK", "DynamicHeadNetwork", "apply_dynamic_heads", "dynamic_head_parameter_count", "he_head_parameters"]
+__all__ = ["CPU_VOXEL_CHUNK", "DynamicHeadNetwork", "apply_dynamic_heads", "dynamic_head_parameter_count", "he_head_parameters",
+           "pre_classification_block"]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 
 from partialseg.errors import InputError
-from partialseg.networks.base import SegmentationNetwork
+from partialseg.networks.base import SegmentationNetwork, Stage
 
 Triple = tuple[int, int, int]
 
@@ -197,6 +197,14 @@ class DynUNetSegmentation(SegmentationNetwork):
         finally:
             hook.remove()
         return features, seen[-1]
+
+    def stages(self) -> list[Stage]:
+        f = self.plan.filters
+        return [
+            *(Stage("encoder", m, c) for m, c in zip([self.net.input_block, *self.net.downsamples], f[:-1], strict=True)),
+            Stage("bottleneck", self.net.bottleneck, f[-1]),
+            *(Stage("decoder", m, c) for m, c in zip(self.net.upsamples, f[-2::-1], strict=True)),
+        ]
 
     def deep_supervision_logits(self, size: Sequence[int]) -> list[torch.Tensor]:
         """Logits of the deep-supervision heads of the latest ``features`` call, resized.

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from partialseg.errors import InputError
-from partialseg.networks.base import SegmentationNetwork, check_patch_size, kaiming_init
+from partialseg.networks.base import SegmentationNetwork, Stage, check_patch_size, kaiming_init
 
 NormName = Literal["batch", "instance", "group"]
 ActName = Literal["relu", "leakyrelu"]
@@ -189,6 +189,14 @@ class TCTUNet(SegmentationNetwork):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self._features_and_bottleneck(x)[0]
+
+    def stages(self) -> list[Stage]:
+        b = self.base_channels
+        return [
+            *(Stage("encoder", m, c) for m, c in zip(self.encoder, (b, 2 * b, 4 * b, 8 * b), strict=True)),
+            Stage("bottleneck", self.bottleneck, 16 * b),
+            *(Stage("decoder", m, c) for m, c in zip(self.decoder, (8 * b, 4 * b, 2 * b, b), strict=True)),
+        ]
 
     def _features_and_bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         skips: list[torch.Tensor] = []
