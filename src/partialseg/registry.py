@@ -49,6 +49,7 @@ METHODS: dict[str, str] = {
     "transdodnet": "TransDoDNet (Xie et al. 2023): DoDNet's dynamic heads with parameters from per-organ task queries that attend to multi-scale encoder features (dense cross-attention for the paper's deformable attention).",
     "hermes": "Hermes (Gao et al. 2024): task and modality tokens in two-way attention with bottleneck and decoder features become per-organ prototypes; sigmoid, BCE + Dice on annotated organs.",
     "clip_driven": "CLIP-Driven (Liu et al. 2023): DoDNet-style dynamic heads conditioned on class embeddings (learnt, or CLIP text features from a file); sigmoid, BCE + Dice on annotated organs.",
+    "pfl": "PFL, pseudo-full labels (Liu et al. 2022): one network per source (or per organ) labels the organs each training case lacks; one multi-class network trains on the merged maps.",
     "ipnp": "IPnP as published: specialist box-prompts a frozen generalist for unannotated organs; refined pseudo-labels, the paper's VLS loss, rounds.",
     "ipnp_gated": "IPnP with our additions: positive-only pseudo-label loss, a per-organ gate between generalist and specialist, largest-component prompts.",
     "tct": "Task consistency training (Zhu et al.): marginal Dice + per-organ auxiliary heads (training only), IoU-filtered MSH/ATH consistency, UAUWL weighting.",

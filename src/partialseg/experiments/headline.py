@@ -36,8 +36,11 @@ __all__ = ["HEADLINE_TABLES", "HeadlineTable", "run_seeds", "summarise_seeds"]
 _ROUNDS = "rounds=2,steps_per_round=360"
 
 
-#: The other methods of the papers' tables, in every headline table (issue 16 adds the rest as they land)
+#: The other methods of the papers' tables, in every headline table
 _OTHERS = ("aal", "dodnet", "clip_driven", "transdodnet", "hermes")
+#: PFL trains a teacher per source (5 in the TCT protocol, each train.steps) or, with random per-case
+#: subsets, per organ (15 in the IPnP protocol: there each teacher gets one IPnP round's 360 steps)
+_PFL_IPNP = "pfl:teacher_steps=360"
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ HEADLINE_TABLES: dict[str, HeadlineTable] = {
         f"ipnp-{keep:g}": HeadlineTable(
             protocol="ipnp",
             keeps=(keep,),
-            methods=("full", "marginal", f"ipnp:{_ROUNDS}", f"ipnp_gated:{_ROUNDS}", f"ipnp:{_ROUNDS},pseudo_source=none", *_OTHERS),
+            methods=("full", "marginal", f"ipnp:{_ROUNDS}", f"ipnp_gated:{_ROUNDS}", f"ipnp:{_ROUNDS},pseudo_source=none", *_OTHERS, _PFL_IPNP),
             match_steps=True,
             description=f"IPnP protocol, keep {keep:g}: every method and the upper bound train IPnP's total steps",
         )
@@ -65,7 +68,7 @@ HEADLINE_TABLES: dict[str, HeadlineTable] = {
     },
     "tct": HeadlineTable(
         protocol="tct",
-        methods=("full", "marginal", "tct", "tct:absent_classes=keep", "tct:main_ce_weight=1,aux_kernel_size=1", *_OTHERS),
+        methods=("full", "marginal", "tct", "tct:absent_classes=keep", "tct:main_ce_weight=1,aux_kernel_size=1", *_OTHERS, "pfl"),
         description="TCT protocol: five sources in the paper's proportions, 5 organs",
     ),
 }
@@ -77,6 +80,7 @@ DISPLAY_NAMES = {
     f"ipnp[{_ROUNDS},pseudo_source=none]": "step control",
     "tct[main_ce_weight=1,aux_kernel_size=1]": "tct +CE, pointwise",
     "tct[absent_classes=keep]": "tct, absent organs' terms kept",
+    "pfl[teacher_steps=360]": "pfl (teachers 360 steps)",
 }
 
 

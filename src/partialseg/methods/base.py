@@ -117,7 +117,8 @@ class TrainingModel(nn.Module):
 _REGISTRY: dict[str, type[Method]] = {}
 # Modules that register methods; imported on first lookup so the CLI starts fast.
 _METHOD_MODULES = (
-    "partialseg.methods.baselines", "partialseg.methods.dynamic", "partialseg.methods.ipnp", "partialseg.methods.tct",
+    "partialseg.methods.baselines", "partialseg.methods.dynamic", "partialseg.methods.ipnp", "partialseg.methods.pfl",
+    "partialseg.methods.tct",
 )
 
 

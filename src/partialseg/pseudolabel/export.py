@@ -24,7 +24,7 @@ PSEUDO_KEY = "pseudo_labelled_classes"
 def last_pseudo_round(run: Path) -> Path:
     rounds = sorted((p for p in (run / "pseudo").glob("round_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
     if not rounds:
-        raise InputError(run, "no pseudo-labels in this run folder (train it with --method ipnp first)")
+        raise InputError(run, "no pseudo-labels in this run folder (train it with --method ipnp or pfl first)")
     return rounds[-1]
 
 
@@ -32,12 +32,16 @@ def export_pseudo_labels(run: str | Path, dataset: str | Path, out: str | Path, 
     from tqdm.auto import tqdm
 
     from partialseg.data.preprocess import PreparedDataset, restore_to_original
-    from partialseg.pseudolabel.loop import _load_pseudo
+    from partialseg.pseudolabel.store import load_pseudo
 
     run, out = Path(run), Path(out)
     ds = PartialDataset.load(dataset)
     pdir = last_pseudo_round(run)
-    prepared = PreparedDataset.load(Path(json.loads((run / "round_0" / "split.json").read_text())["prepared"]))
+    # IPnP keeps its round-0 split, PFL its student's; both name the prepared cache the labels are on
+    split = next((f for f in (run / "round_0" / "split.json", run / "student" / "split.json") if f.exists()), None)
+    if split is None:
+        raise InputError(run, "no split.json in round_0/ or student/: not an ipnp or pfl run folder")
+    prepared = PreparedDataset.load(Path(json.loads(split.read_text())["prepared"]))
     if prepared.label_space != ds.label_space:
         raise InputError(ds.root / "dataset.json", f"label space differs from the one run {run} was trained with")
     annotated: dict[str, list[str]] = {}
@@ -50,7 +54,7 @@ def export_pseudo_labels(run: str | Path, dataset: str | Path, out: str | Path, 
             f = pdir / f"{case.case_id}.npz"
             pseudo: frozenset[int] = frozenset()
             if f.exists():
-                pp_label, pseudo, _ = _load_pseudo(f)
+                pp_label, pseudo, _ = load_pseudo(f)
                 meta = prepared.case(case.case_id).meta
                 restored = restore_to_original(pp_label.astype(np.int16), meta, is_label=True)
                 fill = (merged == 0) & np.isin(restored, sorted(pseudo))

@@ -34,6 +34,7 @@ from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differenc
 from partialseg.errors import InputError, PartialsegError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.pseudolabel.refine import Decision, assemble, entropy, entropy_rule, prompt_mask, refine
+from partialseg.pseudolabel.store import load_pseudo, save_pseudo
 
 log = logging.getLogger("partialseg.ipnp")
 
@@ -217,18 +218,6 @@ def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
     return c
 
 
-def _load_pseudo(path: Path) -> tuple[np.ndarray, frozenset[int], dict[int, float]]:
-    z = np.load(path)
-    ent = json.loads(str(z["entropies"]))
-    return z["label"], frozenset(int(c) for c in z["pseudo"]), {int(k): float(v) for k, v in ent.items()}
-
-
-def _save_pseudo(path: Path, label: np.ndarray, pseudo: frozenset[int], ent: dict[int, float]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, label=label, pseudo=np.array(sorted(pseudo), dtype=np.int16), entropies=json.dumps(ent))
-    tmp.replace(path)
-
-
 def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Round 0 on the partial labels, then ``opts.rounds`` rounds of prompting, refinement and retraining."""
     from tqdm.auto import tqdm
@@ -307,7 +296,7 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
                 label, pseudo, ent = np.asarray(base.label), frozenset(), {}
                 decisions_all[base.case_id] = {}
             elif f.exists():
-                label, pseudo, ent = _load_pseudo(f)
+                label, pseudo, ent = load_pseudo(f)
                 decisions_all[base.case_id] = saved_decisions.get(base.case_id, {})
             else:
                 probs = case_probs(base)
@@ -319,7 +308,7 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
                 )
                 label = assemble(np.asarray(base.label), masks, probs)
                 pseudo = frozenset(k for k, m in masks.items() if m.any())
-                _save_pseudo(f, label, pseudo, ent)
+                save_pseudo(f, label, pseudo, ent)
                 decisions_all[base.case_id] = {space.name(k): asdict(d) for k, d in decisions.items()}
             previous[base.case_id] = {k: (label == k, e) for k, e in ent.items() if k in pseudo}
             locs = dict(base.class_locations)
