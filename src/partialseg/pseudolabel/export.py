@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from partialseg.data.dataset import ANNOTATED_KEY, PartialDataset, dataset_json, write_dataset_json
+from partialseg.data.dataset import PartialDataset, dataset_json, write_dataset_json
 from partialseg.errors import InputError
 from partialseg.io import atomic_output_dir, save_volume
 

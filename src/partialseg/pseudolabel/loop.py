@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences, load_config, with_method_defaults
-from partialseg.errors import InputError, PartialsegError
+from partialseg.errors import InputError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.pseudolabel.refine import Decision, assemble, entropy, entropy_rule, prompt_mask, refine
 from partialseg.pseudolabel.store import load_pseudo, save_pseudo
@@ -223,7 +223,6 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     from tqdm.auto import tqdm
 
     from partialseg.data.preprocess import PreparedDataset, class_locations
-    from partialseg.evaluation.metrics import dice
     from partialseg.generalist.base import build_generalist
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
