@@ -207,6 +207,25 @@ def train(
 
 
 @app.command()
+def finetune(
+    run: Annotated[Path, typer.Argument(help="Trained run folder (or model.pt) to start from.")],
+    dataset: Annotated[Path, typer.Argument(help="Target dataset folder (nnU-Net v2 layout) or a prepared cache.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New run folder (with --resume, the fine-tuning run to continue).")],
+    method: Annotated[str, typer.Option(help="Training method on the target (default full: a fully labelled target).")] = "full",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key of the trained run's config, e.g. --set train.steps=200 (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed fine-tuning run.")] = False,
+) -> None:
+    """Fine-tune a trained model on another dataset; classes are matched by name (RUN2/finetune.json)."""
+    from partialseg.training.finetune import finetune as run_finetune
+
+    try:
+        model = run_finetune(run, dataset, out, method=method, overrides=set_ or [], resume=resume)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"model saved to {model}")
+
+
+@app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder (or model.pt) from `partialseg train`.")],
     input_dir: Annotated[Path, typer.Argument(help="Folder of CT images (.nii.gz), or one image.")],

@@ -312,12 +312,17 @@ def _coerce(tp: Any, value: Any, source: str | Path | None, key: str) -> Any:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Defaults ← YAML file ← ``key=value`` overrides (dotted keys, YAML values).
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, base: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Defaults (or ``base``, e.g. a trained run's saved configuration) ← YAML file ← ``key=value``
+    overrides (dotted keys, YAML values).
 
     Example: ``load_config("cfg.yaml", ["train.steps=200", "method.name=tct", "method.options.lam=0.5"])``.
     """
     d: dict[str, Any] = ExperimentConfig().to_dict()
+    if base is not None:
+        _merge(d, base)
     if path is not None:
         path = Path(path)
         if not path.exists():

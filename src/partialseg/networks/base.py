@@ -99,6 +99,12 @@ class SegmentationNetwork(nn.Module, ABC):
         """
         raise InputError(None, f"network {self.name!r} does not list its stages; use unet_tct or dynunet")
 
+    def class_parameters(self) -> tuple[str, ...]:
+        """State-dict entries whose first axis indexes the output classes (background first where the
+        output has it): what fine-tuning on another label space remaps by class name. Default: the main head's."""
+        prefix = next(name for name, m in self.named_modules() if m is self.head)
+        return tuple(f"{prefix}.{k}" if prefix else k for k in self.head.state_dict())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, X, Y, Z)`` = ``head(features(x))``."""
         return self.head(self.features(x))

@@ -96,6 +96,10 @@ class TaskQueryNetwork(SegmentationNetwork):
             with torch.no_grad():
                 self.controller.bias.copy_(he_head_parameters(head_channels))
 
+    def class_parameters(self) -> tuple[str, ...]:
+        # one row per class (no background row); the heads' own weights are shared by all classes
+        return ("queries",)
+
     def check_input(self, x: Tensor) -> None:
         self.backbone.check_input(x)
 

@@ -104,6 +104,10 @@ class TaskTokenNetwork(SegmentationNetwork):
         self.class_bias = nn.Parameter(torch.zeros(num_classes))
         self.head = nn.Identity()
 
+    def class_parameters(self) -> tuple[str, ...]:
+        # one row per class (no background row); the heads' own weights are shared by all classes
+        return ("task_tokens", "class_bias")
+
     def check_input(self, x: Tensor) -> None:
         self.backbone.check_input(x)
 

@@ -309,11 +309,13 @@ def train(
     init_weights: dict[str, torch.Tensor] | None = None,
     on_step: Callable[[int], None] | None = None,
     progress: bool = True,
+    run_files: dict[str, Any] | None = None,
 ) -> Path:
     """Train ``config.method.name`` on ``dataset`` (a raw dataset folder or a prepared cache) into ``out``.
 
     ``cases``/``label_space``/``init_weights`` let pseudo-labelling methods (IPnP) retrain on
-    their own labels from given weights; ordinary use passes only the dataset.
+    their own labels from given weights; ordinary use passes only the dataset. ``run_files``: JSON
+    files written into the run folder beside ``config.yaml`` (fine-tuning's record of its start).
     Returns the path of the saved inference model.
     """
     if config is not None:
@@ -321,7 +323,7 @@ def train(
     _, rank, _ = _dist_info()
     with run_guard(Path(out), resume, rank):
         return _train(dataset, out, config, resume=resume, cases=cases, label_space=label_space,
-                      init_weights=init_weights, on_step=on_step, progress=progress)
+                      init_weights=init_weights, on_step=on_step, progress=progress, run_files=run_files)
 
 
 def _train(
@@ -335,9 +337,9 @@ def _train(
     init_weights: dict[str, torch.Tensor] | None,
     on_step: Callable[[int], None] | None,
     progress: bool,
+    run_files: dict[str, Any] | None = None,
 ) -> Path:
     from partialseg.data.preprocess import PreparedDataset, PreprocessConfig, prepare_dataset
-    from partialseg.networks import build_network
 
     dataset, run = Path(dataset), Path(out)
     world, rank, local = _dist_info()
@@ -347,6 +349,8 @@ def _train(
     if rank == 0:
         # first, so a run killed during prepare is a run --resume accepts
         write_text_atomic(cfg.to_yaml(), run / "config.yaml")  # resolved: every method option, defaults filled in
+        for name, obj in (run_files or {}).items():
+            write_json_atomic(obj, run / name)
 
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
@@ -379,9 +383,7 @@ def _train(
         write_json_atomic({"train": train_ids, "validation": val_ids, "prepared": str(prepared_dir.resolve())}, run / "split.json")
 
     # --- model ------------------------------------------------------------------------------
-    torch.manual_seed(cfg.train.seed)
-    method = get_method(cfg.method.name)(space, cfg.method.options)
-    net = method.wrap_network(build_network(cfg.network.name, 1, method.output_channels(), **cfg.network.options))
+    method, net = build_model(cfg, space)
     if init_weights is not None:
         net.load_state_dict(init_weights)
     model = TrainingModel(net, method).to(device)
@@ -498,6 +500,15 @@ def _train(
     if world > 1:
         torch.distributed.barrier()
     return model_path
+
+
+def build_model(cfg: ExperimentConfig, space: LabelSpace) -> tuple[Method, nn.Module]:
+    """The method and its freshly initialised network for ``cfg`` on ``space``, as training starts them."""
+    from partialseg.networks import build_network
+
+    torch.manual_seed(cfg.train.seed)
+    method = get_method(cfg.method.name)(space, cfg.method.options)
+    return method, method.wrap_network(build_network(cfg.network.name, 1, method.output_channels(), **cfg.network.options))
 
 
 def fit(
