@@ -157,13 +157,17 @@ def evaluate(
     dataset: Annotated[Optional[Path], typer.Option(help="Dataset folder: label space, and annotated classes when REF_DIR is its labelsTr.")] = None,
     labels: Annotated[str, typer.Option(help="Registered label space when no --dataset is given.")] = "amos15",
     overwrite: Annotated[bool, typer.Option(help="Replace existing results files (never an input).")] = False,
+    pred_labels: Annotated[Optional[Path], typer.Option(help="The predictions' label space (labels.json; default: PRED_DIR/labels.json, which `partialseg predict` writes). Classes are matched to the reference's by name.")] = None,
 ) -> None:
-    """DSC and HD95 (mm) per organ per case, aggregated per organ over the cases whose reference annotates it."""
+    """DSC and HD95 (mm) per organ per case, aggregated per organ over the cases whose reference annotates it.
+
+    A model evaluated on a dataset with another label space: classes are matched by name, reference
+    organs the model does not know are listed and left out of the means."""
     from partialseg.evaluation.evaluate import evaluate_folders, format_table
 
     try:
         result = evaluate_folders(pred_dir, ref_dir, out=out, dataset=dataset, label_space_name=labels,
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, pred_labels=pred_labels)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(format_table(result))

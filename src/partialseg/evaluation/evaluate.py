@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -336,6 +337,39 @@ def _load_label_map(path: Path, label_space: LabelSpace) -> Volume:
     return Volume(vol.array.astype(np.int16, copy=False), vol.affine, vol.path)
 
 
+#: Written by ``partialseg predict`` beside its label maps: the model's label space
+#: (``{"labels": {"background": 0, name: value, ...}}``, nnU-Net's dataset.json form).
+PRED_LABELS_FILE = "labels.json"
+
+
+def read_pred_labels(path: Path) -> LabelSpace:
+    """The label space of a prediction folder's ``labels.json`` (values 0..N, background 0)."""
+    try:
+        labels = json.loads(path.read_text())["labels"]
+        by_value = sorted((int(v), str(k)) for k, v in labels.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(path, f"not a label file {{'labels': {{name: value}}}} ({type(e).__name__}: {e})") from None
+    if [v for v, _ in by_value] != list(range(len(by_value))) or by_value[0][0] != 0:
+        raise InputError(path, "label values must be 0 (background), 1, ..., N without gaps")
+    return LabelSpace(tuple(n for _, n in by_value[1:]))
+
+
+def label_space_match(pred_space: LabelSpace, ref_space: LabelSpace) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, list[str], list[str]]:
+    """Classes matched by name between a model's predictions and a reference label space.
+
+    Returns the evaluated classes (the reference's classes the model knows, in the reference's order),
+    lookup tables that map prediction values and reference values into it (anything else to 0), the
+    reference classes the model does not know, and the model's classes the reference does not have.
+    """
+    known = tuple(n for n in ref_space.names if n in set(pred_space.names))
+    index = {n: i + 1 for i, n in enumerate(known)}
+    pred_lut = np.array([0, *(index.get(n, 0) for n in pred_space.names)], dtype=np.int16)
+    ref_lut = np.array([0, *(index.get(n, 0) for n in ref_space.names)], dtype=np.int16)
+    unknown = [n for n in ref_space.names if n not in index]
+    extra = [n for n in pred_space.names if n not in set(ref_space.names)]
+    return known, pred_lut, ref_lut, unknown, extra
+
+
 def _case_files(folder: Path, ending: str) -> dict[str, Path]:
     return {p.name[: -len(ending)]: p for p in sorted(folder.iterdir()) if p.name.endswith(ending) and p.is_file()}
 
@@ -348,6 +382,7 @@ def evaluate_folders(
     dataset: Path | None = None,
     label_space_name: str = "amos15",
     overwrite: bool = False,
+    pred_labels: Path | None = None,
 ) -> EvaluationResult:
     """Evaluate every reference case ``<case>.nii.gz`` of ``ref_dir`` against ``pred_dir/<case>.nii.gz``.
 
@@ -360,6 +395,11 @@ def evaluate_folders(
             is its ``labelsTr``, each case's annotated classes; any other ``ref_dir`` (e.g.
             ``labelsRef``) is taken as fully annotated.
         label_space_name: registered label space used when ``dataset`` is not given.
+        pred_labels: the predictions' label space (a ``labels.json``); default ``pred_dir/labels.json``
+            if ``partialseg predict`` wrote one, else the reference's. When it differs (a model
+            evaluated on a dataset with another label space), classes are matched by name: reference
+            organs the model does not know are reported as such and left out of the means, the model's
+            other classes count as background.
 
     Raises:
         InputError: a missing folder/file, a prediction not on its reference's grid, a label
@@ -386,6 +426,26 @@ def evaluate_folders(
         ending = ".nii.gz"
     partial_ref = ds is not None and ref_dir.resolve() == (ds.root / "labelsTr").resolve()
     warnings: list[str] = []
+    if pred_labels is None and (pred_dir / PRED_LABELS_FILE).is_file():
+        pred_labels = pred_dir / PRED_LABELS_FILE
+    pred_space = label_space if pred_labels is None else read_pred_labels(Path(pred_labels))
+    ref_space = label_space
+    mapping = None
+    unknown: list[str] = []
+    extra_classes: list[str] = []
+    if pred_space.names != ref_space.names:
+        known, pred_lut, ref_lut, unknown, extra_classes = label_space_match(pred_space, ref_space)
+        mapping = (pred_lut, ref_lut)
+        if not known:
+            raise InputError(pred_labels, f"the model's classes {list(pred_space.names)} share no name with the "
+                                          f"reference's {list(ref_space.names)}")
+        label_space = LabelSpace(known)
+        if unknown:
+            warnings.append(f"{len(unknown)} reference organ(s) are unknown to the model and not evaluated: "
+                            + ", ".join(unknown))
+        if extra_classes:
+            warnings.append(f"{len(extra_classes)} class(es) of the model are not in the reference and count as "
+                            "background: " + ", ".join(extra_classes))
     if partial_ref and ds is not None and ds.cases and ds.cases[0].reference is not None:
         warnings.append(
             f"evaluating against the partial labels of {ref_dir}; the dataset also has full references in "
@@ -413,17 +473,26 @@ def evaluate_folders(
                 annotated = ds.case(case).annotated
             except KeyError:
                 raise InputError(ref_path, f"case {case!r} is not a case of the dataset {ds.root} (no image)") from None
-        ref = _load_label_map(ref_path, label_space)
-        pred = _load_label_map(pred_path, label_space)
+        ref = _load_label_map(ref_path, ref_space)
+        pred = _load_label_map(pred_path, pred_space)
         check_same_grid(ref, pred)
         spacings[case] = ref.spacing
-        per_case[case] = evaluate_case(pred.array, ref.array, label_space, ref.spacing, annotated)
+        p, r = pred.array, ref.array
+        if mapping is not None:
+            p, r = mapping[0][p], mapping[1][r]
+            if annotated is not None:
+                annotated = frozenset(int(mapping[1][a]) for a in annotated if mapping[1][a] > 0)
+        per_case[case] = evaluate_case(p, r, label_space, ref.spacing, annotated)
 
     settings = {
         "pred_dir": str(pred_dir.resolve()),
         "ref_dir": str(ref_dir.resolve()),
         "dataset": None if ds is None else str(ds.root.resolve()),
         "label_space": list(label_space.names),
+        "reference_label_space": list(ref_space.names),
+        "prediction_label_space": list(pred_space.names),
+        "not_in_model": unknown,
+        "not_in_reference": extra_classes,
         "annotated_from": "dataset.json annotated_classes (partial reference labelsTr)"
         if partial_ref
         else "all classes (full reference)",

@@ -12,7 +12,7 @@ from torch import nn
 
 from partialseg.data.checks import warn_if_not_ct
 from partialseg.errors import InputError
-from partialseg.io import Volume, atomic_output_dir, load_volume, save_volume
+from partialseg.io import Volume, atomic_output_dir, load_volume, save_volume, write_json_atomic
 from partialseg.labels import LabelSpace
 from partialseg.methods.base import Method, get_method
 from partialseg.training import checkpoint as ckpt
@@ -158,4 +158,9 @@ def predict_folder(
                 np.savez_compressed(tmp / (name[: -len(".nii.gz")] + "_probabilities.npz"), probabilities=probs,
                                     classes=np.array(["background", *predictor.label_space.names]))
             written.append(Path(out_dir) / name)
+        from partialseg.evaluation.evaluate import PRED_LABELS_FILE
+
+        # the model's label space travels with its label maps, so `evaluate` can match classes by name
+        write_json_atomic({"labels": {"background": 0, **{n: i + 1 for i, n in enumerate(predictor.label_space.names)}},
+                           "model": str(Path(run).resolve())}, tmp / PRED_LABELS_FILE)
     return written
