@@ -31,6 +31,8 @@ __all__ = [
     "aux_dice_loss",
     "consistency_keep_mask",
     "consistency_loss",
+    "consistency_participants",
+    "filtered_consistency",
     "consistency_terms",
     "rampup_weight",
     "supervised_ath_sum",
@@ -333,6 +335,26 @@ def consistency_keep_mask(
     return participating & keep
 
 
+def consistency_participants(annotated: Tensor, classes: str = "all") -> Tensor:
+    """``(B, N)`` bool: the classes j that take part in ``L_con``, ``"all"`` (j in Omega, as Eq. 6
+    prints) or ``"unlabelled"`` (Phi^c), from ``annotated`` ``(B, N + 1)``."""
+    if classes not in CONSISTENCY_CLASSES:
+        raise ValueError(f"classes must be one of {CONSISTENCY_CLASSES}, got {classes!r}")
+    organs = annotated[:, 1:].bool()
+    return torch.ones_like(organs) if classes == "all" else ~organs
+
+
+def filtered_consistency(
+    terms: Tensor, iou: Tensor, participating: Tensor, *, threshold: str | float = "median", absent: str = "drop",
+    filtering: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Eq. 6 from the per-(sample, class) terms and IoUs (:func:`consistency_terms`): the kept terms
+    summed over j per sample, then the batch mean (0, in the graph, when nothing is kept); and the
+    ``(B, N)`` keep mask. ``filtering=False`` keeps every participating term (the ablation)."""
+    keep = consistency_keep_mask(iou, participating, threshold, absent) if filtering else participating
+    return torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=1).mean(), keep
+
+
 def consistency_loss(
     logits: Tensor,
     aux_logits: Tensor,
@@ -358,16 +380,12 @@ def consistency_loss(
         stop_grad_aux: detach the ATH side, so only the MSH is pulled towards the ATHs.
         absent: classes both heads predict nowhere (see :func:`consistency_keep_mask`).
     """
-    if classes not in CONSISTENCY_CLASSES:
-        raise ValueError(f"classes must be one of {CONSISTENCY_CLASSES}, got {classes!r}")
     b, c = logits.shape[:2]
-    annotated = _check_annotated(annotated, b, c).to(logits.device)
+    participating = consistency_participants(_check_annotated(annotated, b, c).to(logits.device), classes)
     if stop_grad_aux:
         aux_logits = aux_logits.detach()
     terms, iou = consistency_terms(logits, aux_logits)
-    participating = torch.ones_like(iou, dtype=torch.bool) if classes == "all" else ~annotated[:, 1:]
-    keep = consistency_keep_mask(iou, participating, threshold, absent)
-    return torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=1).mean()
+    return filtered_consistency(terms, iou, participating, threshold=threshold, absent=absent)[0]
 
 
 def uncertainty_weighted(losses: Sequence[Tensor], log_vars: Tensor) -> Tensor:

@@ -269,16 +269,9 @@ class TCT(Method):
 
         if o.consistency:
             w = T.rampup_weight(ctx.step, ctx.total_steps, o.lam, o.rampup_fraction)
-            if o.consistency_classes == "all":
-                participating = torch.ones_like(terms, dtype=torch.bool)
-            else:
-                participating = ~annotated[:, 1:].to(terms.device)
-            if o.filtering:
-                keep = T.consistency_keep_mask(iou, participating, o.threshold, o.absent_classes)
-            else:
-                keep = participating
-            # Eq. 6: kept terms summed over j, per sample, then the batch mean
-            l_con = torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=1).mean()
+            participating = T.consistency_participants(annotated.to(terms.device), o.consistency_classes)
+            l_con, keep = T.filtered_consistency(terms, iou, participating, threshold=o.threshold,
+                                                 absent=o.absent_classes, filtering=o.filtering)
             total = total + w * l_con
             logs["l_con"] = l_con
             logs["w"] = torch.tensor(w)
