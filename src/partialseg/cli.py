@@ -263,6 +263,7 @@ def benchmark(
     balance: Annotated[str, typer.Option(help="With --protocol tct: source groups in the paper's proportions ('proportional') or of equal size ('equal').")] = "proportional",
     match_steps: Annotated[bool, typer.Option(help="Every method and the upper bound train as many steps as IPnP with its rounds.")] = False,
     upper_bound: Annotated[bool, typer.Option(help="Also train `full` on the full labels (the upper bound).")] = True,
+    transfer: Annotated[bool, typer.Option(help="Afterwards fine-tune every method's model on a small fully labelled 15-organ target, against training from scratch (TCT Table 4); tables in OUT/transfer/.")] = False,
     config: Annotated[Optional[Path], typer.Option(help="YAML config applied to every training.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Config override for every training (repeatable).")] = None,
 ) -> None:
@@ -274,7 +275,7 @@ def benchmark(
         chosen = list(methods or default) + (list(TCT_ABLATIONS) if ablation else [])
         kwargs = dict(keeps=keep or [0.67, 0.33], methods=chosen, preset="quick" if quick else preset, protocol=protocol,
                       upper_bound=upper_bound, config_file=config, overrides=set_ or [], balance=balance,
-                      match_steps=match_steps)
+                      match_steps=match_steps, transfer=transfer)
         if seeds or table:
             from partialseg.experiments.headline import run_seeds
 

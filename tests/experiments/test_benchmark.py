@@ -122,3 +122,21 @@ def test_seeds_summary_with_matched_steps(tmp_path):
     assert "delta_dsc_mean" not in rows[("keep0.5", "marginal")]
     md = summary.read_text()
     assert "Wilcoxon" in md and "| keep0.5 | full |" in md and "missed / spurious" in md
+
+
+def test_transfer_setting_fine_tunes_every_method_against_scratch(tmp_path):
+    out = tmp_path / "bench"
+    import dataclasses
+
+    preset = dataclasses.replace(TINY, transfer_cases=2)
+    run_benchmark(out, methods=["marginal", "dodnet"], preset=preset, protocol="tct", balance="equal", upper_bound=False,
+                  transfer=True, progress=False)
+    md = (out / "transfer" / "benchmark.md").read_text()
+    assert "scratch" in md and "marginal → fine-tuned" in md and "dodnet → fine-tuned" in md
+    assert "| pancreas |" in md and "| stomach |" in md  # the target's 15 organs, ten of them new
+    runs = out / "transfer" / "runs"
+    rec = json.loads((runs / "marginal" / "finetune.json").read_text())
+    assert len(rec["matched_classes"]) == 5 and len(rec["new_classes"]) == 10 and rec["method"] == "full"
+    rec = json.loads((runs / "dodnet" / "finetune.json").read_text())
+    assert rec["loaded_tensors"] > 0 and any("head" in k for k in rec["fresh_tensors"])  # backbone only
+    assert not (runs / "scratch" / "finetune.json").exists()

@@ -78,3 +78,13 @@ def test_a_folder_without_a_model_is_refused(tmp_path, missing, small_space):
     ds = write_block_dataset(tmp_path / "d", small_space, n_cases=2)
     r = CliRunner().invoke(app, ["finetune", str(tmp_path), str(ds), "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "model.pt" in r.output
+
+
+def test_a_wrapped_backbone_and_a_plain_one_match():
+    wrapped = {"backbone.enc.w": torch.ones(2), "controller.weight": torch.ones(3)}
+    out, rep = transfer_state(wrapped, ("a",), {"enc.w": torch.zeros(2), "head.weight": torch.zeros(2, 1)}, ("a",),
+                              ("head.weight",))
+    torch.testing.assert_close(out["enc.w"], torch.ones(2))
+    assert rep["fresh_tensors"] == ["head.weight"]  # a sigmoid method's heads are not a softmax head
+    out, _ = transfer_state({"enc.w": torch.ones(2)}, ("a",), {"backbone.enc.w": torch.zeros(2)}, ("a",), ())
+    torch.testing.assert_close(out["backbone.enc.w"], torch.ones(2))

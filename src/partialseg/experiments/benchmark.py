@@ -48,6 +48,8 @@ class BenchmarkPreset:
     phantom: Any  # phantom preset name or a PhantomConfig
     overrides: tuple[str, ...] = ()  # config overrides applied to every training
     description: str = ""
+    #: fully labelled target cases of the transfer setting (small, as fine-tuning targets are: BTCV has 30)
+    transfer_cases: int = 12
 
 
 #: The CPU recipe: 48×48×32 patches (half of them centred on an annotated organ), batch 2, the Table-6
@@ -226,6 +228,7 @@ def run_benchmark(
     progress: bool = True,
     balance: str = "proportional",
     match_steps: bool = False,
+    transfer: bool = False,
 ) -> BenchmarkResult:
     """Upper bound + each method in each partial-label setting, all evaluated on one held-out test set.
 
@@ -240,6 +243,10 @@ def run_benchmark(
     their rounds (``train.steps + rounds * steps_per_round``), the upper bound included; the IPnP
     methods share a round-0 specialist trained ``train.steps`` (the column ``marginal[train.steps=N]``).
     Without it, every method trains ``train.steps`` and IPnP adopts this setting's ``marginal`` run.
+
+    ``transfer``: afterwards, every method's model is fine-tuned (``full``, ``train.steps``) on a small
+    fully labelled 15-organ target and compared with training it from scratch
+    (:mod:`partialseg.experiments.transfer`; tables in ``OUT/transfer/``).
     """
     from partialseg.data.phantom import PRESETS as PHANTOMS
     from partialseg.data.phantom import synthesize_dataset
@@ -338,6 +345,16 @@ def run_benchmark(
         cfg = build_config(p, m, config_file, [*overrides, *extra])
         result.results[(s.setting, s.method)] = train_predict_evaluate(s, cfg, test, progress=progress)
         write_benchmark_tables(result)  # partial tables after every run: a long benchmark shows progress
+    if transfer:
+        from partialseg.experiments.transfer import SCRATCH, run_transfer
+
+        steps = build_config(p, MethodSpec("full"), config_file, overrides).train.steps
+        run_transfer(
+            out, [(s.method, m.folder, s.run_dir) for s, m in runs if s.setting != UPPER_BOUND],
+            phantom=phantom, train_cases=p.transfer_cases, test_cases=p.test_cases, seed=seed,
+            scratch_config=build_config(p, MethodSpec("full", (), SCRATCH), config_file, overrides),
+            finetune_overrides=[*overrides, f"train.steps={steps}"], progress=progress,
+        )
     return result
 
 

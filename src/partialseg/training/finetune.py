@@ -36,10 +36,14 @@ def transfer_state(
     A key in ``class_keys`` has one row per class on its first axis, plus a leading background row
     when it is one longer than the class list (on both sides alike); rows move by class name, the
     background row as is. Any other key is copied when its shape matches; the rest keep the target's
-    fresh initialisation.
+    fresh initialisation. A backbone wrapped by a method's heads (``backbone.<key>``) and a plain
+    one (``<key>``) match each other.
     """
     out = {k: v.clone() for k, v in target.items()}
     loaded, fresh = [], []
+    # a method that wraps the backbone (dynamic heads, task queries, tokens) keeps it under "backbone."
+    source = {**{k.removeprefix("backbone."): v for k, v in source.items() if f"backbone.{k}" not in target},
+              **{f"backbone.{k}": v for k, v in source.items() if f"backbone.{k}" in target}, **source}
     src_index = {n: i for i, n in enumerate(source_classes)}
     matched = [n for n in target_classes if n in src_index]
     for key, t in target.items():
