@@ -312,7 +312,7 @@ def demo(
 
 @app.command()
 def pseudolabel(
-    run: Annotated[Path, typer.Argument(help="An ipnp run folder.")],
+    run: Annotated[Path, typer.Argument(help="An ipnp or pfl run folder.")],
     dataset: Annotated[Path, typer.Argument(help="The dataset the run was trained on.")],
     out: Annotated[Path, typer.Argument(help="New dataset folder with pseudo-full labels (nnU-Net v2 raw layout).")],
 ) -> None:
