@@ -158,3 +158,29 @@ def test_ddp_two_processes_gloo(partial_blocks, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run / "model.pt").exists()
+
+
+def test_log_rows_are_appended_per_checkpoint_and_cut_back_on_resume(partial_blocks, tmp_path):
+    from partialseg.training.runlog import ROWS_FILE
+
+    cfg = load_config(None, TINY + ["train.steps=4", "train.checkpoint_every=2"])
+    train(partial_blocks, tmp_path / "straight", cfg, progress=False)
+    ck = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    assert "rows" not in ck and ck["log_rows"] == 4  # the checkpoint holds a count, not the log
+    assert len((tmp_path / "straight" / ROWS_FILE).read_text().splitlines()) == 4
+
+    def kill_after_step_3(step):
+        if step == 2:
+            raise Killed
+
+    run = tmp_path / "killed"
+    with pytest.raises(Killed):
+        train(partial_blocks, run, cfg, progress=False, on_step=kill_after_step_3)
+    # as if killed between appending rows and saving the checkpoint: a row the checkpoint does not cover
+    with (run / ROWS_FILE).open("a") as f:
+        f.write('{"step": 3, "loss": 123.0}\n')
+    train(partial_blocks, run, None, resume=True, progress=False)
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    straight = list(csv.DictReader((tmp_path / "straight" / "log.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"] and [r["loss"] for r in rows] == [r["loss"] for r in straight]
+    assert len((run / ROWS_FILE).read_text().splitlines()) == 4

@@ -45,6 +45,7 @@ from partialseg.labels import LabelSpace
 from partialseg.locking import folder_lock
 from partialseg.methods.base import Batch, Method, StepContext, TrainingModel, get_method
 from partialseg.training import checkpoint as ckpt
+from partialseg.training import runlog
 from partialseg.training.augment import augment_batch
 from partialseg.training.sampling import mirror_left_right, sample_patch
 
@@ -391,7 +392,10 @@ def _train(
     rng = np.random.default_rng([cfg.train.seed, rank])
     gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
     state = RunState()
+    logged = 0  # rows already in the row file
     ck_path = run / ckpt.CHECKPOINT_FILE
+    if rank == 0 and not (resume and ck_path.exists()):
+        (run / runlog.ROWS_FILE).unlink(missing_ok=True)  # rows of a start killed before its first checkpoint
     if resume and ck_path.exists():
         ck = ckpt.load(ck_path, map_location=device)
         model.load_state_dict(ck["model"])
@@ -399,7 +403,13 @@ def _train(
         rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
         rng.bit_generator.state = rs["numpy"]
         gen.set_state(rs["torch"])
-        state = RunState(ck["step"], ck["rows"])
+        if "rows" in ck:  # a checkpoint from before the row file: it carries the whole log
+            (run / runlog.ROWS_FILE).unlink(missing_ok=True)
+            runlog.append_rows(run, ck["rows"])
+            state = RunState(ck["step"], list(ck["rows"]))
+        else:
+            state = RunState(ck["step"], runlog.read_rows(run, ck["log_rows"]))
+        logged = len(state.rows)
         if rank == 0:
             log.info("resumed from %s at step %d", ck_path, state.step)
     ddp_model: nn.Module = model
@@ -463,9 +473,11 @@ def _train(
                     torch.distributed.all_gather_object(gathered, rngs[0])
                     rngs = gathered
                 if rank == 0:
+                    # rows first: a kill between the two leaves extra rows, which the resume cuts off
+                    runlog.append_rows(run, state.rows[logged:])
+                    logged = len(state.rows)
                     ckpt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
-                                      "step": state.step, "rows": state.rows, "config": cfg.to_dict()}, ck_path)
-                    write_log(state.rows, run)
+                                      "step": state.step, "log_rows": logged, "config": cfg.to_dict()}, ck_path)
             if bar is not None:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val": f"{row['val_dsc_mean']:.3f}"} if "val_dsc_mean" in row else {}))
                 bar.update(1)
