@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from partialseg.data.dataset import PartialDataset
 from partialseg.errors import InputError
+from partialseg.progress import progress as progress_bar
 
 
 def dataset_info(dataset: Path, *, check: bool = False) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def dataset_info(dataset: Path, *, check: bool = False) -> dict[str, Any]:
 
     spacings, shapes, dtypes, cal = [], [], Counter(), []
     orientations: Counter[str] = Counter()
-    for c in tqdm(ds.cases, desc="info", unit="case", leave=False):
+    for c in progress_bar(ds.cases, desc="info", unit="case", leave=False):
         try:
             img = nib.load(str(c.image))
             shape = tuple(int(s) for s in img.shape[:3])

@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from partialseg.data.dataset import Case, PartialDataset, dataset_json, write_dataset_json
 from partialseg.data.simulate import (
@@ -68,6 +67,7 @@ from partialseg.data.simulate import (
 from partialseg.errors import InputError, PartialsegError
 from partialseg.io import atomic_output_dir, load_volume, save_volume
 from partialseg.labels import LabelSpace
+from partialseg.progress import progress as progress_bar
 
 MIDLINES = ("body", "grid_center")
 DEFAULT_BODY_HU = -500.0
@@ -361,7 +361,7 @@ def merge_datasets(mapping: Path, out: Path) -> Path:
         for spec, src in loaded:
             lut = _plain_lut(spec, src.label_space, target)
             written = 0
-            for case in tqdm(src.cases, desc=f"merge {spec.group}", unit="case"):
+            for case in progress_bar(src.cases, desc=f"merge {spec.group}", unit="case"):
                 new_id = spec.case_id(case.case_id)
                 phi = _annotated_targets(spec, src.label_space, case)
                 if not phi:

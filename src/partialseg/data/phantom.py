@@ -1231,7 +1231,7 @@ def synthesize_dataset(out: Path, *, cases: int, seed: int, config: PhantomConfi
 
     Case ``i`` is ``make_phantom(case_seed(seed, i), config)`` and is named ``synth_{i:04d}``.
     """
-    from tqdm import tqdm
+    from partialseg.progress import progress as progress_bar
 
     from partialseg.data.dataset import dataset_json, write_dataset_json
     from partialseg.io import atomic_output_dir, save_volume
@@ -1241,7 +1241,7 @@ def synthesize_dataset(out: Path, *, cases: int, seed: int, config: PhantomConfi
         raise PartialsegError(f"need at least one case, got {cases}")
     space = LabelSpace.named("amos15")
     with atomic_output_dir(Path(out)) as tmp:
-        for i in tqdm(range(cases), desc="phantom", unit="case"):
+        for i in progress_bar(range(cases), desc="phantom", unit="case"):
             cid = f"synth_{i:04d}"
             ph = make_phantom(case_seed(seed, i), config)
             save_volume(ph.image, ph.affine, tmp / "imagesTr" / f"{cid}_0000.nii.gz")

@@ -649,9 +649,9 @@ def class_locations(
 def _progress(items: list[Any], enabled: bool, desc: str) -> Iterator[Any]:
     if not enabled:
         return iter(items)
-    from tqdm import tqdm
+    from partialseg.progress import progress as progress_bar
 
-    return iter(tqdm(items, desc=desc, unit="case"))
+    return iter(progress_bar(items, desc=desc, unit="case"))
 
 
 def median_spacing(dataset: PartialDataset) -> Spacing:

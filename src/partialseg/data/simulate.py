@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from partialseg.data.dataset import (
     ANNOTATED_KEY,
@@ -36,6 +35,7 @@ from partialseg.data.dataset import (
 from partialseg.errors import InputError, PartialsegError
 from partialseg.io import AFFINE_ATOL, atomic_output_dir, load_volume, save_volume
 from partialseg.labels import LabelSpace
+from partialseg.progress import progress as progress_bar
 
 MODES = ("random", "groups")
 #: How ``groups`` mode sizes the source groups: in proportion to their ``cases`` (the default; the
@@ -286,7 +286,7 @@ def simulate_partial_labels(
     annotated: dict[str, list[str]] = {}
     skipped: list[str] = []
     with atomic_output_dir(out) as tmp:
-        for case in tqdm(src.cases, desc="simulate", unit="case"):
+        for case in progress_bar(src.cases, desc="simulate", unit="case"):
             if groups is not None:
                 group_phi = space.indices(groups[case_group[case.case_id]])
                 phi_src = case.annotated & group_phi

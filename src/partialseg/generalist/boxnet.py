@@ -224,7 +224,7 @@ def train_boxnet(
     ``boxnet.pt`` trained with the same settings and spacing is returned as is (another is refused).
     """
     import torch
-    from tqdm.auto import tqdm
+    from partialseg.progress import progress as progress_bar
 
     from partialseg.inference.sliding_window import autocast_context
     from partialseg.io import write_json_atomic
@@ -263,7 +263,7 @@ def train_boxnet(
         step, rows = int(state["step"]), list(state["rows"])
         log.info("boxnet: resuming at step %d", step)
     net.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="boxnet generalist", unit="step", disable=not progress)
+    bar = progress_bar(total=cfg.steps, initial=step, desc="boxnet generalist", unit="step", enabled=progress)
     while step < cfg.steps:
         # one generator per step: a resumed run draws exactly the batches an uninterrupted one does
         rng = np.random.default_rng([cfg.seed, step])

@@ -146,10 +146,10 @@ def predict_folder(
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InputError(input_dir, f"several inputs map to the same output name {dup[0]!r}")
     written = []
-    from tqdm.auto import tqdm
+    from partialseg.progress import progress as progress_bar
 
     with atomic_output_dir(out_dir) as tmp:
-        for f, name in tqdm(list(zip(files, names)), desc="predict", unit="case", disable=not progress):
+        for f, name in progress_bar(list(zip(files, names)), desc="predict", unit="case", enabled=progress):
             vol = load_volume(f, dtype=np.float32)
             warn_if_not_ct(vol.array, f)
             labels, probs = predictor.predict_volume(vol, probabilities=probabilities)

@@ -29,7 +29,7 @@ def last_pseudo_round(run: Path) -> Path:
 
 
 def export_pseudo_labels(run: str | Path, dataset: str | Path, out: str | Path, *, progress: bool = True) -> Path:
-    from tqdm.auto import tqdm
+    from partialseg.progress import progress as progress_bar
 
     from partialseg.data.preprocess import PreparedDataset, restore_to_original
     from partialseg.pseudolabel.store import load_pseudo
@@ -47,7 +47,7 @@ def export_pseudo_labels(run: str | Path, dataset: str | Path, out: str | Path, 
     annotated: dict[str, list[str]] = {}
     pseudo_names: dict[str, list[str]] = {}
     with atomic_output_dir(out) as tmp:
-        for case in tqdm(ds.cases, desc="export pseudo-labels", unit="case", disable=not progress):
+        for case in progress_bar(ds.cases, desc="export pseudo-labels", unit="case", enabled=progress):
             image = case.load_image()
             label = case.load_label(ds.label_space, image)
             merged = label.array.copy()

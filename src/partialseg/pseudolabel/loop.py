@@ -220,7 +220,7 @@ def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
 
 def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Round 0 on the partial labels, then ``opts.rounds`` rounds of prompting, refinement and retraining."""
-    from tqdm.auto import tqdm
+    from partialseg.progress import progress as progress_bar
 
     from partialseg.data.preprocess import PreparedDataset, class_locations
     from partialseg.generalist.base import build_generalist
@@ -288,7 +288,7 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
         saved_decisions = json.loads(dec_file.read_text()) if dec_file.exists() else {}
         decisions_all: dict[str, dict[str, Any]] = {}
         cases: list[TrainCase] = []
-        for base in tqdm(train_cases, desc=f"ipnp round {r}: pseudo-labels", unit="case", disable=not progress):
+        for base in progress_bar(train_cases, desc=f"ipnp round {r}: pseudo-labels", unit="case", enabled=progress):
             f = pseudo_dir / f"{base.case_id}.npz"
             probs = None
             if opts.pseudo_source == "none":  # the step control: no prediction, no pseudo-label
@@ -416,12 +416,12 @@ def _organ_gate(pseudo_dir: Path, train_cases: list, case_probs: Any, prepared: 
     ranks the sources and rejects organs that fail even there; it does not estimate the pseudo-labels' DSC.
     Saved to ``sources.json`` (a resumed round reuses it).
     """
-    from tqdm.auto import tqdm
+    from partialseg.progress import progress as progress_bar
 
     f = pseudo_dir / "sources.json"
     if not f.exists():
         evidence = []
-        for base in tqdm(train_cases, desc="ipnp organ gate", unit="case", disable=not progress):
+        for base in progress_bar(train_cases, desc="ipnp organ gate", unit="case", enabled=progress):
             hu = hounsfield(base.image, prepared.config, prepared.stats)
             spacing = prepared.case(base.case_id).meta.spacing
             evidence.append(gate_case(case_probs(base), np.asarray(base.label), base.annotated, hu, spacing, generalist, opts))

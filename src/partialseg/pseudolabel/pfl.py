@@ -140,7 +140,7 @@ def _stage_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
 
 def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Train the teachers, write the pseudo-full labels, train the student (module docstring)."""
-    from tqdm.auto import tqdm
+    from partialseg.progress import progress as progress_bar
 
     from partialseg.data.preprocess import PreparedDataset, PreprocessConfig, class_locations, prepare_dataset
     from partialseg.inference.predict import Predictor
@@ -196,7 +196,7 @@ def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: A
     predictors: dict[str, Any] = {}
     student_cases: list[TrainCase] = []
     counts: dict[str, int] = {}
-    for base in tqdm(cases, desc="pfl: pseudo-full labels", unit="case", disable=not progress):
+    for base in progress_bar(cases, desc="pfl: pseudo-full labels", unit="case", enabled=progress):
         f = pseudo_dir / f"{base.case_id}.npz"
         # every organ a teacher labels counts as labelled in the student's loss, also where the
         # teacher finds nothing (the paper trains the student on the merged maps as full labels)

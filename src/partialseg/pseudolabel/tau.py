@@ -34,7 +34,7 @@ def sweep_tau(
 ) -> list[dict[str, Any]]:
     """Per (validation case, organ, τ): DSC of the refined pseudo-label against the annotation, and the
     added voxels (``added``, ``added_correct``). ``run``: a finished marginal (round-0) run folder."""
-    from tqdm.auto import tqdm
+    from partialseg.progress import progress as progress_bar
 
     from partialseg.data.preprocess import PreparedDataset
     from partialseg.generalist.base import build_generalist
@@ -54,7 +54,7 @@ def sweep_tau(
         gopts.setdefault("box_padding", padding)
     gen = build_generalist(generalist, **gopts)
     rows: list[dict[str, Any]] = []
-    for case in tqdm(load_train_cases(prepared, split["validation"]), desc="tau sweep", unit="case", disable=not progress):
+    for case in progress_bar(load_train_cases(prepared, split["validation"]), desc="tau sweep", unit="case", enabled=progress):
         probs = sliding_window_probabilities(
             predictor.net, predictor.method.probabilities, case.image, predictor.patch_size,
             overlap=predictor.overlap, device=predictor.device, amp=predictor.amp, amp_cpu=predictor.amp_cpu,

@@ -423,9 +423,9 @@ def _train(
                  method.name, cfg.network.name, n_params / 1e6, len(train_cases), len(val_cases), total, device)
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
+        from partialseg.progress import progress as progress_bar
 
-        bar = tqdm(total=total, initial=state.step, desc=f"train {method.name}", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=total, initial=state.step, desc=f"train {method.name}", unit="step")
     patch = cfg.train.patch_size
     n_fg = int(round(cfg.train.foreground_fraction * cfg.train.batch_size))
     model.train()
