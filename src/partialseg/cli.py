@@ -237,12 +237,14 @@ def predict(
     probabilities: Annotated[bool, typer.Option(help="Also write class probabilities (.npz, float16).")] = False,
     overlap: Annotated[Optional[float], typer.Option(help="Sliding-window overlap (default: the run's).")] = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:i]'.")] = "auto",
+    postprocess: Annotated[bool, typer.Option(help="Apply the postprocessing chosen on validation (largest component per organ, RUN/postprocessing.json).")] = True,
 ) -> None:
     """Segment images; each output has the input's exact shape and affine."""
     from partialseg.inference.predict import predict_folder
 
     try:
-        written = predict_folder(run, input_dir, out_dir, probabilities=probabilities, device=device, overlap=overlap)
+        written = predict_folder(run, input_dir, out_dir, probabilities=probabilities, device=device, overlap=overlap,
+                                 postprocess=postprocess)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(f"wrote {len(written)} label maps to {out_dir}")

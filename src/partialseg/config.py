@@ -77,6 +77,9 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     num_threads: int = 0  # CPU threads for torch; 0 = torch's default
     sw_overlap: float = 0.25  # sliding-window overlap for validation and prediction
+    #: "auto": per organ, keep only the largest connected component at prediction time where that helped on
+    #: the validation cases (decided after the last validation, nnU-Net's rule); "none": never
+    postprocessing: str = "auto"
 
 
 @dataclass
@@ -159,6 +162,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.sw_overlap": (0, 1, False, True),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
+    "train.postprocessing": ("auto", "none"),
     "data.normalization": ("tct", "nnunet"),
     "optim.name": ("adam", "sgd"),
     "optim.schedule": ("poly", "constant"),

@@ -140,3 +140,21 @@ def test_transfer_setting_fine_tunes_every_method_against_scratch(tmp_path):
     rec = json.loads((runs / "dodnet" / "finetune.json").read_text())
     assert rec["loaded_tensors"] > 0 and any("head" in k for k in rec["fresh_tensors"])  # backbone only
     assert not (runs / "scratch" / "finetune.json").exists()
+
+
+def test_tables_score_raw_predictions_and_report_the_postprocessed_ones(tmp_path):
+    import torch
+
+    out = tmp_path / "bench"
+    run_benchmark(out, keeps=[0.5], methods=["marginal"], preset=TINY, upper_bound=False, progress=False)
+    run = out / "runs" / "keep0.5" / "marginal"
+    assert json.loads((run / "test_pred" / "labels.json").read_text())["largest_component"] == []  # raw
+    model = torch.load(run / "model.pt", weights_only=True)
+    model["postprocessing"] = {"largest_component": ["liver", "spleen"]}  # as if chosen on validation
+    torch.save(model, run / "model.pt")
+    res = run_benchmark(out, keeps=[0.5], methods=["marginal"], preset=TINY, upper_bound=False, progress=False)
+    pp = res.postprocessed[("keep0.5", "marginal")]
+    assert pp["organs"] == ["liver", "spleen"] and (run / "test_eval_pp.json").exists()
+    md = (out / "benchmark.md").read_text()
+    assert "Postprocessing chosen on validation" in md and "liver, spleen" in md
+    assert res.results[("keep0.5", "marginal")] == json.loads((run / "test_eval.json").read_text())  # unchanged

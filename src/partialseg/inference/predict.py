@@ -33,6 +33,8 @@ class Predictor:
     amp: bool = True
     amp_cpu: bool = False
     in_channels: int = 1
+    #: class values whose largest connected component alone is kept (chosen on validation by training)
+    largest_component: tuple[int, ...] = ()
 
     @classmethod
     def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None) -> Predictor:
@@ -61,10 +63,14 @@ class Predictor:
             bool(m.get("config", {}).get("train", {}).get("amp", True)),
             bool(m.get("config", {}).get("train", {}).get("amp_cpu", False)),
             int(n["in_channels"]),
+            tuple(space.index(name) for name in m.get("postprocessing", {}).get("largest_component", []) if name in space.names),
         )
 
-    def predict_volume(self, image: Volume, *, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Label map (uint8, the input's shape/orientation) and optionally probabilities (C, ...) float16."""
+    def predict_volume(self, image: Volume, *, probabilities: bool = False, postprocess: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Label map (uint8, the input's shape/orientation) and optionally probabilities (C, ...) float16.
+
+        ``postprocess``: apply the run's postprocessing (the organs whose largest connected component
+        alone did better on validation; ``RUN/postprocessing.json``) to the label map."""
         from partialseg.data.preprocess import preprocess_image, restore_to_original
         from partialseg.inference.sliding_window import sliding_window_probabilities
 
@@ -73,11 +79,17 @@ class Predictor:
             self.net, self.method.probabilities, arr, self.patch_size, overlap=self.overlap, device=self.device, amp=self.amp,
             amp_cpu=self.amp_cpu,
         ).numpy()
+        p = None
         if probabilities:
             p = restore_to_original(probs, meta, is_label=False)
-            return p.argmax(0).astype(np.uint8), p.astype(np.float16)
-        labels = restore_to_original(probs.argmax(0).astype(np.int16), meta, is_label=True)
-        return labels.astype(np.uint8), None
+            labels = p.argmax(0)
+        else:
+            labels = restore_to_original(probs.argmax(0).astype(np.int16), meta, is_label=True)
+        if self.largest_component and postprocess:
+            from partialseg.inference.postprocess import keep_largest_components
+
+            labels = keep_largest_components(labels, self.largest_component)
+        return labels.astype(np.uint8), None if p is None else p.astype(np.float16)
 
 
 def output_name(image_path: Path) -> str:
@@ -128,8 +140,10 @@ def predict_folder(
     device: str = "auto",
     overlap: float | None = None,
     progress: bool = True,
+    postprocess: bool = True,
 ) -> list[Path]:
-    """Predict every ``*.nii.gz``/``*.nii`` in ``input_dir`` (or one file) into the new folder ``out_dir``."""
+    """Predict every ``*.nii.gz``/``*.nii`` in ``input_dir`` (or one file) into the new folder ``out_dir``
+    (``postprocess``: with the run's postprocessing, see :meth:`Predictor.predict_volume`)."""
     input_dir = Path(input_dir)
     if input_dir.is_file():
         files = [input_dir]
@@ -152,7 +166,7 @@ def predict_folder(
         for f, name in progress_bar(list(zip(files, names)), desc="predict", unit="case", enabled=progress):
             vol = load_volume(f, dtype=np.float32)
             warn_if_not_ct(vol.array, f)
-            labels, probs = predictor.predict_volume(vol, probabilities=probabilities)
+            labels, probs = predictor.predict_volume(vol, probabilities=probabilities, postprocess=postprocess)
             save_volume(labels, vol.affine, tmp / name)
             if probs is not None:
                 np.savez_compressed(tmp / (name[: -len(".nii.gz")] + "_probabilities.npz"), probabilities=probs,
@@ -161,6 +175,7 @@ def predict_folder(
         from partialseg.evaluation.evaluate import PRED_LABELS_FILE
 
         # the model's label space travels with its label maps, so `evaluate` can match classes by name
+        applied = [predictor.label_space.name(k) for k in predictor.largest_component] if postprocess else []
         write_json_atomic({"labels": {"background": 0, **{n: i + 1 for i, n in enumerate(predictor.label_space.names)}},
-                           "model": str(Path(run).resolve())}, tmp / PRED_LABELS_FILE)
+                           "model": str(Path(run).resolve()), "largest_component": applied}, tmp / PRED_LABELS_FILE)
     return written

@@ -10,17 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of ``mask`` (empty stays empty)."""
-    import cc3d
-
-    if not mask.any():
-        return mask.copy()
-    labels = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
-    counts = np.bincount(labels.ravel())
-    counts[0] = 0
-    return labels == int(counts.argmax())
+from partialseg.inference.postprocess import largest_component
 
 
 def prompt_mask(probs: np.ndarray, k: int, *, tau: float | None, keep_largest: bool) -> np.ndarray:

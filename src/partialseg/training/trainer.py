@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -142,10 +143,13 @@ def _collate(patches, num_channels: int) -> Batch:
 
 
 def validate(
-    net: nn.Module, method: Method, cases: Sequence[TrainCase], cfg: ExperimentConfig, device: torch.device
+    net: nn.Module, method: Method, cases: Sequence[TrainCase], cfg: ExperimentConfig, device: torch.device,
+    evidence: Any = None, spacing: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Mean DSC per class over validation cases: against the full reference when the dataset has one,
-    otherwise against the partial labels on each case's annotated classes only."""
+    otherwise against the partial labels on each case's annotated classes only. ``evidence``: a
+    :class:`~partialseg.inference.postprocess.PostprocessingEvidence` that also scores each case with
+    the largest component per organ (voxel size ``spacing``)."""
     from partialseg.evaluation.metrics import dice
     from partialseg.inference.sliding_window import sliding_window_probabilities
 
@@ -165,6 +169,8 @@ def validate(
             d = dice(pred == c, ref == c)
             if not math.isnan(d):  # absent from both: undefined, left out (methods.md, Evaluation)
                 scores[c].append(d)
+        if evidence is not None:
+            evidence.add_case(pred, ref, classes, spacing or (1.0, 1.0, 1.0))
     out = {f"val_dsc_{space.name(c)}": float(np.mean(v)) for c, v in scores.items() if v}
     if out:
         out["val_dsc_mean"] = float(np.mean(list(out.values())))
@@ -421,6 +427,7 @@ def _train(
         n_params = sum(p.numel() for p in net.parameters())
         log.info("method %s, network %s (%.2f M parameters), %d training / %d validation cases, %d steps on %s",
                  method.name, cfg.network.name, n_params / 1e6, len(train_cases), len(val_cases), total, device)
+    evidence = None  # postprocessing evidence, collected at the last validation
     bar = None
     if progress and rank == 0:
         from partialseg.progress import progress as progress_bar
@@ -462,7 +469,12 @@ def _train(
             row: dict[str, Any] = {"step": step + 1, "lr": lr, **parts, "seconds": round(time.perf_counter() - t0, 3)}
             last = step + 1 == total
             if rank == 0 and val_cases and ((cfg.train.val_every and (step + 1) % cfg.train.val_every == 0) or last):
-                row.update(validate(net, method, val_cases, cfg, device))
+                if last and cfg.train.postprocessing == "auto":
+                    from partialseg.inference.postprocess import PostprocessingEvidence
+
+                    evidence = PostprocessingEvidence(space.names)
+                row.update(validate(net, method, val_cases, cfg, device, evidence=evidence if last else None,
+                                    spacing=prepared.config.spacing))
                 log.info("step %d: %s", step + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("val_dsc_mean")))
             state.rows.append(row)
             state.step = step + 1
@@ -489,6 +501,14 @@ def _train(
 
     model_path = run / ckpt.MODEL_FILE
     if rank == 0:
+        postprocessing: dict[str, Any] = {"largest_component": []}
+        if evidence is not None:
+            postprocessing = evidence.decide()
+            write_json_atomic(postprocessing, run / "postprocessing.json")
+            if postprocessing["largest_component"]:
+                log.info("postprocessing: largest component only for %s", ", ".join(postprocessing["largest_component"]))
+        elif (run / "postprocessing.json").exists():  # resumed after the last validation
+            postprocessing = json.loads((run / "postprocessing.json").read_text())
         write_log(state.rows, run)
         plot_curves(state.rows, run / "curves.png", title=f"{method.name} on {dataset.name}")
         ckpt.save_atomic(
@@ -505,6 +525,7 @@ def _train(
                 "sw_overlap": cfg.train.sw_overlap,
                 "config": cfg.to_dict(),
                 "steps": state.step,
+                "postprocessing": {"largest_component": list(postprocessing["largest_component"])},
             },
             model_path,
         )
