@@ -100,6 +100,23 @@ def simulate(
 
 
 @app.command()
+def convert(
+    format: Annotated[str, typer.Argument(help="Source layout: msd (an MSD CT task folder) or kits (a KiTS19/21 data folder).")],
+    src: Annotated[Path, typer.Argument(help="The collection's folder, as downloaded.")],
+    out: Annotated[Path, typer.Argument(help="New dataset folder (nnU-Net v2 raw layout, registry class names).")],
+    keep_tumours: Annotated[bool, typer.Option(help="Keep tumour (and cyst) labels as classes instead of merging them into their organ.")] = False,
+) -> None:
+    """Convert a public collection to a partialseg dataset (annotated classes and case groups filled in)."""
+    from partialseg.data.convert import convert as run_convert
+
+    try:
+        written = run_convert(format, src, out, keep_tumours=keep_tumours)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote {written}")
+
+
+@app.command()
 def merge(
     mapping: Annotated[Path, typer.Argument(help="YAML/JSON mapping of source datasets and labels onto the target label space.")],
     out: Annotated[Path, typer.Argument(help="New merged dataset folder.")],
