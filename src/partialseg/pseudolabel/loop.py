@@ -80,24 +80,28 @@ def candidate_masks(
     prompts: dict[int, list] = {}
     masks: dict[int, np.ndarray] = {}
     decisions: dict[int, Decision] = {}
+    argmax = probs.argmax(0)  # once per case: every organ's M_k reads it
+    in_phi = np.isin(label, sorted(c for c in annotated if c != 0))
     for k in classes:
-        m = prompt_mask(probs, k, tau=opts.tau if opts.prompt_high_confidence else None, keep_largest=opts.largest_component)
+        m = prompt_mask(probs, k, tau=opts.tau if opts.prompt_high_confidence else None, keep_largest=opts.largest_component,
+                        argmax=argmax)
         if not m.any():
             decisions[k] = Decision("no_prediction")
             continue
         if sources[k] == "specialist":
-            p = prompt_mask(probs, k, tau=opts.tau, keep_largest=opts.largest_component)
-            masks[k] = p & ~_protected(label, annotated, k)
+            p = prompt_mask(probs, k, tau=opts.tau, keep_largest=opts.largest_component, argmax=argmax)
+            masks[k] = p & ~_protected(label, in_phi, k)
         else:
             prompts[k] = box_prompts_from_mask(m, axes=(2, 0), padding=opts.padding)
     for k, g in (generalist.segment_many(hu, spacing, prompts) if prompts else {}).items():
         roi = roi_from_prompts(prompts[k], probs.shape[1:], opts.dilation)
-        masks[k] = refine(g, roi, probs, k, tau=opts.tau, protected=_protected(label, annotated, k))
+        masks[k] = refine(g, roi, probs, k, tau=opts.tau, protected=_protected(label, in_phi, k))
     return masks, decisions
 
 
-def _protected(label: np.ndarray, annotated: frozenset[int], k: int) -> np.ndarray:
-    return np.isin(label, sorted(c for c in annotated if c not in (0, k)))
+def _protected(label: np.ndarray, in_phi: np.ndarray, k: int) -> np.ndarray:
+    """Voxels annotated with a class of Phi other than ``k`` (``in_phi``: annotated with any class of Phi)."""
+    return in_phi & (label != k)
 
 
 def pseudo_label_case(

@@ -13,9 +13,13 @@ import numpy as np
 from partialseg.inference.postprocess import largest_component
 
 
-def prompt_mask(probs: np.ndarray, k: int, *, tau: float | None, keep_largest: bool) -> np.ndarray:
-    """M_k: voxels whose argmax is ``k`` (and, with ``tau``, whose p_k ≥ τ: the high-confidence region)."""
-    m = probs.argmax(0) == k
+def prompt_mask(
+    probs: np.ndarray, k: int, *, tau: float | None, keep_largest: bool, argmax: np.ndarray | None = None
+) -> np.ndarray:
+    """M_k: voxels whose argmax is ``k`` (and, with ``tau``, whose p_k ≥ τ: the high-confidence region).
+
+    ``argmax``: ``probs.argmax(0)`` when the caller has it (one argmax per case, not one per organ)."""
+    m = (probs.argmax(0) if argmax is None else argmax) == k
     if tau is not None:
         m &= probs[k] >= tau
     return largest_component(m) if keep_largest else m

@@ -63,16 +63,17 @@ def sweep_tau(
         hu = hounsfield(case.image, prepared.config, prepared.stats)
         spacing = prepared.case(case.case_id).meta.spacing
         argmax = probs.argmax(0)
+        in_phi = np.isin(label, sorted(c for c in case.annotated if c != 0))
         for k in sorted(c for c in case.annotated if 0 < c < probs.shape[0] and (label == c).any()):
             ref = label == k
-            m = prompt_mask(probs, k, tau=None, keep_largest=False)
+            m = prompt_mask(probs, k, tau=None, keep_largest=False, argmax=argmax)
             if not m.any():  # missed by the specialist: no prompt, no pseudo-label at any τ
                 g, roi = None, None
             else:
                 prompts = box_prompts_from_mask(m, axes=(2, 0), padding=padding)
                 g = gen.segment(hu, spacing, prompts)
                 roi = roi_from_prompts(prompts, probs.shape[1:], dilation)
-            protected = _protected(label, case.annotated, k)
+            protected = _protected(label, in_phi, k)
             for tau in taus:
                 pseudo = np.zeros_like(ref) if g is None else refine(g, roi, probs, k, tau=tau, protected=protected)
                 rows.append({"case": case.case_id, "organ": prepared.label_space.name(k), "tau": float(tau),
