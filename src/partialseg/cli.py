@@ -306,9 +306,14 @@ def benchmark(
             typer.echo(summary.read_text())
             return
         result = run_benchmark(out, seed=seed, **kwargs)
+        from partialseg.evaluation.report import write_report
+
+        report = write_report(result.out) if result.results else None
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo((result.out / "benchmark.md").read_text())
+    if report is not None:
+        typer.echo(f"report: {report}")
 
 
 @app.command()
@@ -324,9 +329,28 @@ def demo(
 
     try:
         result = run_demo(out, method=method, keep=keep, seed=seed, overrides=set_ or [])
+        from partialseg.evaluation.report import write_report
+
+        report = write_report(result.out)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(summary(result))
+    typer.echo(f"report: {report}")
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="A benchmark folder or a run folder.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the page (default: PATH/report.html).")] = None,
+) -> None:
+    """One self-contained HTML page: tables, per-case box plots, curves and overlays of reference and prediction."""
+    from partialseg.evaluation.report import write_report
+
+    try:
+        written = write_report(path, out)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    typer.echo(f"wrote {written}")
 
 
 @app.command()
