@@ -314,7 +314,9 @@ def run_benchmark(
     train_cases = p.train_cases
     if protocol == "tct" and balance == "proportional":
         train_cases = max(train_cases, cases_for_min_group(list(TCT_GROUP_CASES.values()), MIN_GROUP_CASES))
-    setup = {"preset": dataclasses.asdict(p) | {"phantom": None}, "protocol": protocol, "seed": seed,
+    # transfer_cases shapes only the transfer setting's own data: not part of what a folder's runs were made with
+    preset_key = {k: v for k, v in dataclasses.asdict(p).items() if k != "transfer_cases"} | {"phantom": None}
+    setup = {"preset": preset_key, "protocol": protocol, "seed": seed,
              "phantom": dataclasses.asdict(phantom)}
     if protocol == "tct":
         setup |= {"balance": balance, "train_cases": train_cases}
