@@ -46,8 +46,9 @@ def synth(
     preset: Annotated[str, typer.Option(help="Geometry preset: 'cpu' (coarse, ~5 mm) or 'gpu' (fine).")] = "cpu",
     shape: Annotated[Optional[str], typer.Option(help="Override the volume shape, e.g. 64,64,48 (x,y,z voxels).")] = None,
     spacing: Annotated[Optional[str], typer.Option(help="Override the voxel spacing in mm, e.g. 5,5,5.")] = None,
+    modality: Annotated[str, typer.Option(help="'CT' (Hounsfield units) or 'MR' (T1-like contrast, bias field, noise; normalised per image).")] = "CT",
 ) -> None:
-    """Write a synthetic abdominal CT dataset (15 AMOS organs, fully labelled) in the nnU-Net v2 layout."""
+    """Write a synthetic abdominal CT (or MR-like) dataset (15 AMOS organs, fully labelled) in the nnU-Net v2 layout."""
     from partialseg.data.phantom import PRESETS, synthesize_dataset
 
     try:
@@ -63,7 +64,7 @@ def synth(
             import dataclasses
 
             cfg = dataclasses.replace(cfg, **overrides)
-        path = synthesize_dataset(out, cases=cases, seed=seed, config=cfg)
+        path = synthesize_dataset(out, cases=cases, seed=seed, config=cfg, modality=modality)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(f"wrote {cases} cases to {path}")

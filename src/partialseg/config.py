@@ -163,7 +163,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.postprocessing": ("auto", "none"),
-    "data.normalization": ("tct", "nnunet"),
+    "data.normalization": ("tct", "nnunet", "zscore"),
     "optim.name": ("adam", "sgd"),
     "optim.schedule": ("poly", "constant"),
 }

@@ -72,7 +72,7 @@ def test_config_validation_and_round_trip():
     assert PreprocessConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert PreprocessConfig.from_dict(PreprocessConfig().to_dict()) == PreprocessConfig()
     for bad in (
-        dict(normalization="zscore"),
+        dict(normalization="minmax"),  # (zscore is the MR rule now)
         dict(label_resampling="linear"),
         dict(image_order=0),
         dict(image_order=6),
@@ -82,8 +82,8 @@ def test_config_validation_and_round_trip():
     ):
         with pytest.raises(PartialsegError):
             PreprocessConfig(**bad)
-    with pytest.raises(PartialsegError, match="zscore"):
-        PreprocessConfig(normalization="zscore")
+    with pytest.raises(PartialsegError, match="minmax"):
+        PreprocessConfig(normalization="minmax")
     with pytest.raises(PartialsegError, match="bogus"):
         PreprocessConfig.from_dict({"bogus": 1})
 
@@ -360,8 +360,8 @@ def test_cli_prepare_round_trip(block_dataset, tmp_path):
     assert prep.cases[0].image.shape == (1, 10, 11, 12)
     res = runner.invoke(app, ["prepare", str(block_dataset), str(out), "--spacing", "4,4,4"])
     assert res.exit_code == 2 and "already exists" in res.output
-    res = runner.invoke(app, ["prepare", str(block_dataset), str(tmp_path / "p2"), "--normalization", "zscore"])
-    assert res.exit_code == 2 and "zscore" in res.output and not (tmp_path / "p2").exists()
+    res = runner.invoke(app, ["prepare", str(block_dataset), str(tmp_path / "p2"), "--normalization", "minmax"])
+    assert res.exit_code == 2 and "minmax" in res.output and not (tmp_path / "p2").exists()
 
 
 # ---- the real CT ----------------------------------------------------------------------------

@@ -79,6 +79,15 @@ class PartialDataset:
     def file_ending(self) -> str:
         return str(self.meta.get("file_ending", ".nii.gz"))
 
+    @property
+    def modality(self) -> str:
+        """The image channel's name in ``channel_names`` ("CT", "MR", "T1", ...): it decides the normalisation."""
+        return str(next(iter(self.meta.get("channel_names", {"0": "CT"}).values())))
+
+    @property
+    def is_ct(self) -> bool:
+        return self.modality.upper() == "CT"
+
     @classmethod
     def load(cls, root: str | Path) -> PartialDataset:
         """Read ``dataset.json`` and list the cases; checks names and files, not voxels (see ``validate``)."""
@@ -207,6 +216,7 @@ def dataset_json(
     num_training: int,
     *,
     name: str = "partialseg",
+    modality: str = "CT",
     annotated: dict[str, list[str]] | None = None,
     reference_folder: str | None = None,
     groups: dict[str, str] | None = None,
@@ -215,7 +225,7 @@ def dataset_json(
     """Build a ``dataset.json`` dict (nnU-Net v2 keys first, then partialseg's)."""
     d: dict[str, Any] = {
         "name": name,
-        "channel_names": {"0": "CT"},
+        "channel_names": {"0": modality},
         "labels": label_space.to_dataset_json(),
         "numTraining": num_training,
         "file_ending": ".nii.gz",

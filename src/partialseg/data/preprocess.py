@@ -42,15 +42,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from partialseg.errors import InputError, OutputExistsError, PartialsegError
 from partialseg.data.checks import check_resampled_size, warn_if_not_ct
+from partialseg.errors import InputError, OutputExistsError, PartialsegError
 from partialseg.io import AFFINE_ATOL, Volume, atomic_output_dir, header_affine, read_json, write_json_atomic
 from partialseg.labels import LabelSpace
 
 if TYPE_CHECKING:
     from partialseg.data.dataset import PartialDataset
 
-NORMALIZATIONS: tuple[str, ...] = ("tct", "nnunet")
+NORMALIZATIONS: tuple[str, ...] = ("tct", "nnunet", "zscore")
 LABEL_RESAMPLINGS: tuple[str, ...] = ("nearest", "onehot")
 MAX_SPLINE_ORDER = 5  # scipy's spline filter supports orders 2..5
 LOCATIONS_PER_CLASS = 2000  # like nnU-Net's class_locations, enough to sample foreground patches
@@ -73,7 +73,10 @@ class PreprocessConfig:
     ``spacing``: target voxel size (mm) along the RAS axes; ``None`` means the dataset's median
     spacing after reorientation (resolved by ``prepare_dataset`` and stored concretely).
     ``normalization``: ``"tct"`` (clip HU to ``clip`` and scale to [0, 1]) or ``"nnunet"``
-    (clip to the 0.5/99.5 foreground percentiles, z-score with the foreground mean/std).
+    (clip to the 0.5/99.5 foreground percentiles, z-score with the foreground mean/std), both for
+    CT; ``"zscore"``: per image, z-score over the body (voxels above the image's minimum), 0
+    outside it (nnU-Net's rule for MR and every non-CT channel). ``prepare_dataset`` uses
+    ``"zscore"`` for a dataset whose ``channel_names`` is not CT, whatever was asked.
     ``image_order``: spline order (1..5) for images. ``label_resampling``: ``"nearest"`` or
     ``"onehot"`` (each class resampled linearly as a soft mask, then argmax, like nnU-Net).
     """
@@ -201,6 +204,19 @@ def compute_normalization_stats(
     )
 
 
+def zscore_body(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """Per-image z-score over the body (voxels above the image's minimum, i.e. not the zero-filled
+    background of an MR scan), 0 outside; nnU-Net's ``ZScoreNormalization`` with its mask."""
+    x = np.asarray(x, dtype=np.float32)
+    body = x > x.min()
+    if not body.any():
+        body = np.ones_like(body)
+    values = x[body].astype(np.float64)
+    mean, std = float(values.mean()), max(float(values.std()), 1e-8)
+    out = np.where(body, (x - np.float32(mean)) * np.float32(1.0 / std), np.float32(0.0)).astype(np.float32)
+    return out, (float(out.min()), float(out.max()))
+
+
 def normalize_intensities(
     array: np.ndarray, config: PreprocessConfig, stats: NormalizationStats | None
 ) -> tuple[np.ndarray, tuple[float, float]]:
@@ -210,6 +226,8 @@ def normalize_intensities(
         lo, hi = config.clip
         out = (np.clip(x, lo, hi) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
         return out.astype(np.float32, copy=False), (0.0, 1.0)
+    if config.normalization == "zscore":
+        return zscore_body(x)
     if stats is None:
         raise PartialsegError("normalization 'nnunet' needs NormalizationStats (compute_normalization_stats)")
     lo, hi = stats.percentile_00_5, stats.percentile_99_5
@@ -691,14 +709,16 @@ def prepare_dataset(
     if out.exists():  # fail before the long work; atomic_output_dir checks again at the end
         raise OutputExistsError(out)
     spacing = config.spacing if config.spacing is not None else median_spacing(ds)
-    cfg = replace(config, spacing=spacing)
+    # channel_names decides: the CT rules clip Hounsfield units, which an MR image does not have
+    cfg = replace(config, spacing=spacing, normalization=config.normalization if ds.is_ct else "zscore")
     stats = compute_normalization_stats(ds, progress=progress) if cfg.normalization == "nnunet" else None
     space = ds.label_space
     records = []
     with atomic_output_dir(out) as tmp:
         for case in _progress(ds.cases, progress, "prepare"):
             image = case.load_image()
-            warn_if_not_ct(image.array, image.path)
+            if ds.is_ct:
+                warn_if_not_ct(image.array, image.path)
             label = case.load_label(space, image)
             reference = case.load_reference(space, image)
             img, meta = preprocess_image(image, cfg, stats, cfg.spacing)

@@ -165,7 +165,8 @@ def predict_folder(
     with atomic_output_dir(out_dir) as tmp:
         for f, name in progress_bar(list(zip(files, names)), desc="predict", unit="case", enabled=progress):
             vol = load_volume(f, dtype=np.float32)
-            warn_if_not_ct(vol.array, f)
+            if predictor.preprocess.normalization != "zscore":  # a CT model: its input must be HU
+                warn_if_not_ct(vol.array, f)
             labels, probs = predictor.predict_volume(vol, probabilities=probabilities, postprocess=postprocess)
             save_volume(labels, vol.affine, tmp / name)
             if probs is not None:
