@@ -102,16 +102,20 @@ def simulate(
 
 @app.command()
 def convert(
-    format: Annotated[str, typer.Argument(help="Source layout: msd (an MSD CT task folder) or kits (a KiTS19/21 data folder).")],
+    format: Annotated[str, typer.Argument(help="Source layout: msd (an MSD CT task folder), kits (a KiTS19/21 data folder), btcv (img/ and label/), amos (AMOS22).")],
     src: Annotated[Path, typer.Argument(help="The collection's folder, as downloaded.")],
     out: Annotated[Path, typer.Argument(help="New dataset folder (nnU-Net v2 raw layout, registry class names).")],
     keep_tumours: Annotated[bool, typer.Option(help="Keep tumour (and cyst) labels as classes instead of merging them into their organ.")] = False,
+    modality: Annotated[str, typer.Option(help="amos only: convert its CT scans or its MR scans.")] = "CT",
 ) -> None:
     """Convert a public collection to a partialseg dataset (annotated classes and case groups filled in)."""
     from partialseg.data.convert import convert as run_convert
 
     try:
-        written = run_convert(format, src, out, keep_tumours=keep_tumours)
+        if modality != "CT" and format != "amos":
+            raise PartialsegError(f"--modality applies to amos only ({format} is CT)")
+        extra = {"modality": modality} if format == "amos" else {}
+        written = run_convert(format, src, out, keep_tumours=keep_tumours, **extra)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(f"wrote {written}")

@@ -24,6 +24,13 @@ AMOS15: tuple[str, ...] = (
     "prostate_uterus",
 )
 
+#: BTCV (Synapse multi-organ, 13 labels): label value -> registry class (None: no registry class, becomes 0).
+BTCV13: dict[int, str | None] = {
+    1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "esophagus", 6: "liver", 7: "stomach",
+    8: "aorta", 9: "inferior_vena_cava", 10: None,  # portal and splenic vein
+    11: "pancreas", 12: "adrenal_gland_right", 13: "adrenal_gland_left",
+}
+
 #: Organs the papers call small / hard; used to report subsets and to oversample.
 SMALL_ORGANS: frozenset[str] = frozenset(
     {"gallbladder", "esophagus", "pancreas", "adrenal_gland_right", "adrenal_gland_left"}

@@ -146,3 +146,44 @@ def test_converted_kits_and_msd_merge_train_and_evaluate(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "res.json").read_text())
     assert res["per_organ"]["spleen"]["n_cases"] == 3 and res["per_organ"]["kidney_left"]["n_cases"] == 3
+
+
+def test_btcv_thirteen_labels_to_the_registry(tmp_path):
+    src = tmp_path / "Training"
+    for i in (1, 2):
+        lab = np.zeros(SHAPE, np.uint8)
+        for v in range(1, 14):
+            lab[v, 2:4, 2:4] = v
+        save_volume(_body(), AFFINE, src / "img" / f"img{i:04d}.nii.gz")
+        save_volume(lab, AFFINE, src / "label" / f"label{i:04d}.nii.gz")
+    ds = PartialDataset.load(convert("btcv", src, tmp_path / "btcv"))
+    assert len(ds.label_space.names) == 12 and "aorta" in ds.label_space.names  # the portal vein has no class
+    assert [c.case_id for c in ds.cases] == ["btcv_0001", "btcv_0002"]
+    lab = load_volume(tmp_path / "btcv" / "labelsTr" / "btcv_0001.nii.gz").array
+    assert lab[10, 2, 2] == 0  # portal/splenic vein dropped
+    assert ds.label_space.name(int(lab[6, 2, 2])) == "liver" and ds.label_space.name(int(lab[13, 2, 2])) == "adrenal_gland_left"
+    (src / "label" / "label0002.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"label0002\.nii\.gz"):
+        convert("btcv", src, tmp_path / "btcv2")
+
+
+def test_amos_ct_and_mr_scans_convert_apart(tmp_path):
+    src = tmp_path / "amos22"
+    training = []
+    for number in (1, 2, 540):
+        lab = np.zeros(SHAPE, np.uint8)
+        lab[4:8, 4:8, 4:8] = 6  # liver
+        image = _body() if number <= 500 else np.abs(_body())
+        save_volume(image, AFFINE, src / "imagesTr" / f"amos_{number:04d}.nii.gz")
+        save_volume(lab, AFFINE, src / "labelsTr" / f"amos_{number:04d}.nii.gz")
+        training.append({"image": f"./imagesTr/amos_{number:04d}.nii.gz", "label": f"./labelsTr/amos_{number:04d}.nii.gz"})
+    (src / "dataset.json").write_text(json.dumps({"training": training}))
+    ct = PartialDataset.load(convert("amos", src, tmp_path / "ct"))
+    assert [c.case_id for c in ct.cases] == ["amos_0001", "amos_0002"] and ct.modality == "CT"
+    assert len(ct.label_space.names) == 15
+    r = CliRunner().invoke(app, ["convert", "amos", str(src), str(tmp_path / "mr"), "--modality", "MR"])
+    assert r.exit_code == 0, r.output
+    mr = PartialDataset.load(tmp_path / "mr")
+    assert [c.case_id for c in mr.cases] == ["amos_0540"] and mr.modality == "MR"
+    lab = load_volume(tmp_path / "mr" / "labelsTr" / "amos_0540.nii.gz").array
+    assert mr.label_space.name(int(lab[5, 5, 5])) == "liver"

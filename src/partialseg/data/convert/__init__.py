@@ -15,6 +15,8 @@ from typing import Any
 CONVERTERS: dict[str, tuple[str, str]] = {
     "msd": ("partialseg.data.convert.msd", "convert_msd"),
     "kits": ("partialseg.data.convert.kits", "convert_kits"),
+    "btcv": ("partialseg.data.convert.btcv", "convert_btcv"),
+    "amos": ("partialseg.data.convert.amos", "convert_amos"),
 }
 
 
