@@ -31,6 +31,10 @@ BTCV13: dict[int, str | None] = {
     11: "pancreas", 12: "adrenal_gland_right", 13: "adrenal_gland_left",
 }
 
+#: TotalSegmentator v2 ("total" task) structure names -> registry class, for the AMOS 15 organs; the
+#: other 102 structures have no registry class. TotalSegmentator has a prostate and no uterus.
+TOTALSEG_TO_AMOS15: dict[str, str] = {**{n: n for n in AMOS15 if n != "prostate_uterus"}, "prostate": "prostate_uterus"}
+
 #: Organs the papers call small / hard; used to report subsets and to oversample.
 SMALL_ORGANS: frozenset[str] = frozenset(
     {"gallbladder", "esophagus", "pancreas", "adrenal_gland_right", "adrenal_gland_left"}

@@ -187,3 +187,26 @@ def test_amos_ct_and_mr_scans_convert_apart(tmp_path):
     assert [c.case_id for c in mr.cases] == ["amos_0540"] and mr.modality == "MR"
     lab = load_volume(tmp_path / "mr" / "labelsTr" / "amos_0540.nii.gz").array
     assert mr.label_space.name(int(lab[5, 5, 5])) == "liver"
+
+
+def test_totalseg_masks_from_the_real_example_round_trip(tmp_path, shared_ct):
+    """The real CT example (labels: TotalSegmentator output in AMOS numbering) split into one mask per
+    structure, as TotalSegmentator v2 ships them, converts back to the same label map."""
+    from partialseg.registry import AMOS15, TOTALSEG_TO_AMOS15
+
+    ref = load_volume(shared_ct / "labels_sm.nii.gz")
+    case = tmp_path / "ts" / "s0001"
+    (case / "segmentations").mkdir(parents=True)
+    (case / "ct.nii.gz").write_bytes((shared_ct / "ct_sm.nii.gz").read_bytes())
+    by_name = {v: k for k, v in TOTALSEG_TO_AMOS15.items()}
+    for i, name in enumerate(AMOS15, start=1):
+        if name == "urinary_bladder":
+            continue  # a structure file missing: that organ is not annotated in this case
+        save_volume((ref.array == i).astype(np.uint8), ref.affine, case / "segmentations" / f"{by_name[name]}.nii.gz")
+    save_volume(np.zeros(ref.array.shape, np.uint8), ref.affine, case / "segmentations" / "femur_left.nii.gz")  # ignored
+    ds = PartialDataset.load(convert("totalseg", tmp_path / "ts", tmp_path / "out"))
+    got = load_volume(tmp_path / "out" / "labelsTr" / "s0001.nii.gz").array
+    expected = np.where(ref.array == AMOS15.index("urinary_bladder") + 1, 0, ref.array)
+    np.testing.assert_array_equal(got, expected)
+    assert "urinary_bladder" not in ds.label_space.names_of(ds.cases[0].annotated)
+    assert len(ds.cases[0].annotated - {0}) == 14

@@ -17,6 +17,7 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "kits": ("partialseg.data.convert.kits", "convert_kits"),
     "btcv": ("partialseg.data.convert.btcv", "convert_btcv"),
     "amos": ("partialseg.data.convert.amos", "convert_amos"),
+    "totalseg": ("partialseg.data.convert.totalseg", "convert_totalseg"),
 }
 
 
