@@ -90,6 +90,18 @@ class SegmentationNetwork(nn.Module, ABC):
     def _features_and_bottleneck(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise InputError(None, f"network {self.name!r} does not expose its bottleneck; use unet_tct or dynunet")
 
+    def adopt_backbone(self, backbone: SegmentationNetwork, out_channels: int) -> None:
+        """For a network of heads around ``backbone`` (dynamic heads, task queries, tokens): keep it as
+        ``self.backbone`` without its own head, and take over its interface attributes."""
+        self.backbone = backbone
+        backbone.head = nn.Identity()
+        self.in_channels = backbone.in_channels
+        self.out_channels = out_channels
+        self.feature_channels = backbone.feature_channels
+        self.bottleneck_channels = backbone.bottleneck_channels
+        self.head_kernel_size = 1
+        self.size_divisor = backbone.size_divisor
+
     def stages(self) -> list[Stage]:
         """The backbone's stages in the order a forward pass runs them: encoder stages (finest first),
         the bottleneck, decoder stages (coarsest first; the last one's output is ``features``).

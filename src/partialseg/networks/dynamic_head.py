@@ -133,14 +133,7 @@ class DynamicHeadNetwork(SegmentationNetwork):
             raise InputError(None, f"controller_init must be 'he' or 'default', got {controller_init!r}")
         if num_classes < 1 or head_channels < 1:
             raise InputError(None, "a dynamic head needs num_classes >= 1 and head_channels >= 1")
-        self.backbone = backbone
-        backbone.head = nn.Identity()
-        self.in_channels = backbone.in_channels
-        self.out_channels = num_classes
-        self.feature_channels = backbone.feature_channels
-        self.bottleneck_channels = backbone.bottleneck_channels
-        self.head_kernel_size = 1
-        self.size_divisor = backbone.size_divisor
+        self.adopt_backbone(backbone, num_classes)
         self.task_code = task_code
         self.head_channels = head_channels
         self.head = pre_classification_block(backbone.feature_channels, head_channels)

@@ -73,15 +73,8 @@ class TaskQueryNetwork(SegmentationNetwork):
             raise InputError(None, f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         if controller_init not in ("he", "default"):
             raise InputError(None, f"controller_init must be 'he' or 'default', got {controller_init!r}")
-        self.backbone = backbone
-        backbone.head = nn.Identity()
+        self.adopt_backbone(backbone, num_classes)
         self._memory_stages = encoder[-levels:]
-        self.in_channels = backbone.in_channels
-        self.out_channels = num_classes
-        self.feature_channels = backbone.feature_channels
-        self.bottleneck_channels = backbone.bottleneck_channels
-        self.head_kernel_size = 1
-        self.size_divisor = backbone.size_divisor
         self.head_channels = head_channels
         self.memory_inputs = nn.ModuleList(VoxelTokens(s.channels, d_model) for s in self._memory_stages)
         self.level_embedding = nn.Parameter(torch.randn(levels, d_model) * 0.02)

@@ -88,14 +88,8 @@ class TaskTokenNetwork(SegmentationNetwork):
         stages = backbone.stages()
         # the bottleneck and the decoder stages below full resolution (the last decoder stage gives f)
         self._token_stages = [s for s in stages if s.kind == "bottleneck"] + [s for s in stages if s.kind == "decoder"][:-1]
-        self.backbone = backbone
-        backbone.head = nn.Identity()
-        self.in_channels = backbone.in_channels
-        self.out_channels = num_classes
-        self.feature_channels = f = backbone.feature_channels
-        self.bottleneck_channels = backbone.bottleneck_channels
-        self.head_kernel_size = 1
-        self.size_divisor = backbone.size_divisor
+        self.adopt_backbone(backbone, num_classes)
+        f = backbone.feature_channels
         self.task_tokens = nn.Parameter(torch.randn(num_classes, d_model))
         self.modality_tokens = nn.Parameter(torch.randn(num_modalities, d_model))
         self.blocks = nn.ModuleList(TwoWayBlock(s.channels, d_model, num_heads) for s in self._token_stages)

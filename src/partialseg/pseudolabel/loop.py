@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences, load_config, with_method_defaults
+from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences
 from partialseg.errors import InputError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.pseudolabel.refine import Decision, assemble, entropy, entropy_rule, prompt_mask, refine
@@ -224,28 +224,16 @@ def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
 
 def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Round 0 on the partial labels, then ``opts.rounds`` rounds of prompting, refinement and retraining."""
-    from partialseg.progress import progress as progress_bar
-
     from partialseg.data.preprocess import PreparedDataset, class_locations
     from partialseg.generalist.base import build_generalist
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
+    from partialseg.progress import progress as progress_bar
     from partialseg.training import checkpoint as ckpt
+    from partialseg.training.stages import open_stage_run
     from partialseg.training.trainer import TrainCase, load_train_cases, train
 
-    run = Path(out)
-    if run.exists() and any(run.iterdir()) and not resume:
-        from partialseg.errors import OutputExistsError
-
-        raise OutputExistsError(run)
-    if resume and (run / "config.yaml").exists():
-        differ = config_differences(cfg, load_config(run / "config.yaml"), ignore=EXECUTION_KEYS)
-        if differ:
-            raise InputError(run / "config.yaml", f"the given configuration differs from the run's in {differ}; "
-                                                  "resume it with the saved one or start a new run")
-    run.mkdir(parents=True, exist_ok=True)
-    cfg = with_method_defaults(cfg)
-    write_text_atomic(cfg.to_yaml(), run / "config.yaml")
+    run, cfg = open_stage_run(out, cfg, resume=resume)
 
     r0 = run / "round_0"
     if opts.specialist_run and not (r0 / ckpt.MODEL_FILE).exists():

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences, load_config, with_method_defaults
-from partialseg.errors import InputError, OutputExistsError, PartialsegError
-from partialseg.io import read_json, write_json_atomic, write_text_atomic
+from partialseg.config import ExperimentConfig
+from partialseg.errors import InputError, PartialsegError
+from partialseg.io import read_json, write_json_atomic
 from partialseg.pseudolabel.store import load_pseudo, save_pseudo
 
 log = logging.getLogger("partialseg.pfl")
@@ -140,25 +140,15 @@ def _stage_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
 
 def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Train the teachers, write the pseudo-full labels, train the student (module docstring)."""
-    from partialseg.progress import progress as progress_bar
-
     from partialseg.data.preprocess import PreparedDataset, PreprocessConfig, class_locations, prepare_dataset
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
+    from partialseg.progress import progress as progress_bar
     from partialseg.training import checkpoint as ckpt
+    from partialseg.training.stages import open_stage_run
     from partialseg.training.trainer import TrainCase, load_train_cases, split_cases, train
 
-    run = Path(out)
-    if run.exists() and any(run.iterdir()) and not resume:
-        raise OutputExistsError(run)
-    if resume and (run / "config.yaml").exists():
-        differ = config_differences(cfg, load_config(run / "config.yaml"), ignore=EXECUTION_KEYS)
-        if differ:
-            raise InputError(run / "config.yaml", f"the given configuration differs from the run's in {differ}; "
-                                                  "resume it with the saved one or start a new run")
-    run.mkdir(parents=True, exist_ok=True)
-    cfg = with_method_defaults(cfg)
-    write_text_atomic(cfg.to_yaml(), run / "config.yaml")
+    run, cfg = open_stage_run(out, cfg, resume=resume)
 
     dataset = Path(dataset)
     if (dataset / "prepared.json").exists():
