@@ -102,7 +102,7 @@ def simulate(
 
 @app.command()
 def convert(
-    format: Annotated[str, typer.Argument(help="Source layout: msd (an MSD CT task folder), kits (a KiTS19/21 data folder), btcv (img/ and label/), amos (AMOS22), totalseg (TotalSegmentator v2).")],
+    format: Annotated[str, typer.Argument(help="Source layout: msd (an MSD CT task folder), kits (a KiTS19/21 data folder), btcv (img/ and label/), amos (AMOS22), totalseg (TotalSegmentator v2), word, flare22 or named (a dataset.json naming its labels).")],
     src: Annotated[Path, typer.Argument(help="The collection's folder, as downloaded.")],
     out: Annotated[Path, typer.Argument(help="New dataset folder (nnU-Net v2 raw layout, registry class names).")],
     keep_tumours: Annotated[bool, typer.Option(help="Keep tumour (and cyst) labels as classes instead of merging them into their organ.")] = False,

@@ -35,6 +35,24 @@ BTCV13: dict[int, str | None] = {
 #: other 102 structures have no registry class. TotalSegmentator has a prostate and no uterus.
 TOTALSEG_TO_AMOS15: dict[str, str] = {**{n: n for n in AMOS15 if n != "prostate_uterus"}, "prostate": "prostate_uterus"}
 
+#: Label names used by the public collections' dataset.json files (lower case, spaces/dashes/underscores
+#: and brackets removed: see ``data.convert.named.normalise``) -> registry class. "adrenal" (one label for
+#: both glands, WORD) is split into right and left by world coordinates.
+CLASS_ALIASES: dict[str, str] = {
+    **{n.replace("_", ""): n for n in AMOS15},
+    "rightkidney": "kidney_right", "kidneyr": "kidney_right", "leftkidney": "kidney_left", "kidneyl": "kidney_left",
+    "gallbladder": "gallbladder", "arota": "aorta", "postcava": "inferior_vena_cava", "ivc": "inferior_vena_cava",
+    "rightadrenalgland": "adrenal_gland_right", "leftadrenalgland": "adrenal_gland_left",
+    "adrenalgladr": "adrenal_gland_right", "adrenalgladl": "adrenal_gland_left",
+    "rightadrenal": "adrenal_gland_right", "leftadrenal": "adrenal_gland_left",
+    "bladder": "urinary_bladder", "prostate": "prostate_uterus", "prostateuterus": "prostate_uterus",
+}
+#: single labels that cover a left/right pair: split by world coordinates into (right, left)
+PAIRED_ALIASES: dict[str, tuple[str, str]] = {
+    "adrenal": ("adrenal_gland_right", "adrenal_gland_left"), "adrenalgland": ("adrenal_gland_right", "adrenal_gland_left"),
+    "kidney": ("kidney_right", "kidney_left"), "kidneys": ("kidney_right", "kidney_left"),
+}
+
 #: Organs the papers call small / hard; used to report subsets and to oversample.
 SMALL_ORGANS: frozenset[str] = frozenset(
     {"gallbladder", "esophagus", "pancreas", "adrenal_gland_right", "adrenal_gland_left"}

@@ -210,3 +210,47 @@ def test_totalseg_masks_from_the_real_example_round_trip(tmp_path, shared_ct):
     np.testing.assert_array_equal(got, expected)
     assert "urinary_bladder" not in ds.label_space.names_of(ds.cases[0].annotated)
     assert len(ds.cases[0].annotated - {0}) == 14
+
+
+def test_named_labels_word_style_with_a_single_adrenal_label(tmp_path):
+    src = tmp_path / "WORD"
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[6:12, 6:12, 4:10] = 1  # liver
+    lab[17:19, 4:6, 4:6] = 12  # "adrenal", patient right (high world x)
+    lab[4:6, 4:6, 4:6] = 12  # "adrenal", patient left
+    lab[10:12, 14:16, 10:12] = 10  # colon: no registry class
+    save_volume(_body(), AFFINE, src / "imagesTr" / "word_0001.nii.gz")
+    save_volume(lab, AFFINE, src / "labelsTr" / "word_0001.nii.gz")
+    names = ["background", "liver", "spleen", "kidney_left", "kidney_right", "stomach", "gallbladder", "esophagus", "pancreas",
+             "duodenum", "colon", "intestine", "adrenal", "rectum", "bladder", "Head_of_femur_L", "Head_of_femur_R"]
+    (src / "dataset.json").write_text(json.dumps({
+        "labels": {str(i): n for i, n in enumerate(names)},
+        "training": [{"image": "./imagesTr/word_0001.nii.gz", "label": "./labelsTr/word_0001.nii.gz"}]}))
+    out = convert("word", src, tmp_path / "word")
+    ds = PartialDataset.load(out)
+    assert "urinary_bladder" in ds.label_space.names and "adrenal_gland_left" in ds.label_space.names
+    got = load_volume(out / "labelsTr" / "word_0001.nii.gz").array
+    name = lambda v: ds.label_space.name(int(v))  # noqa: E731
+    assert name(got[8, 8, 6]) == "liver" and name(got[17, 4, 4]) == "adrenal_gland_right" and name(got[4, 4, 4]) == "adrenal_gland_left"
+    assert got[10, 14, 10] == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert "colon" in meta["partialseg"]["convert"]["dropped_labels"] and meta["case_groups"]["word_0001"] == "word"
+
+
+def test_named_labels_nnunet_v2_style_flare(tmp_path):
+    src = tmp_path / "FLARE22"
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[6:12, 6:12, 4:10] = 5  # aorta, by FLARE's numbering below
+    save_volume(_body(), AFFINE, src / "imagesTr" / "FLARE22_0001_0000.nii.gz")
+    save_volume(lab, AFFINE, src / "labelsTr" / "FLARE22_0001.nii.gz")
+    labels = {"background": 0, "liver": 1, "right kidney": 2, "spleen": 3, "pancreas": 4, "aorta": 5, "inferior vena cava": 6,
+              "right adrenal gland": 7, "left adrenal gland": 8, "gallbladder": 9, "esophagus": 10, "stomach": 11,
+              "duodenum": 12, "left kidney": 13}
+    (src / "dataset.json").write_text(json.dumps({"labels": labels, "channel_names": {"0": "CT"}}))
+    ds = PartialDataset.load(convert("flare22", src, tmp_path / "flare"))
+    assert len(ds.label_space.names) == 13 and [c.case_id for c in ds.cases] == ["FLARE22_0001"]
+    got = load_volume(tmp_path / "flare" / "labelsTr" / "FLARE22_0001.nii.gz").array
+    assert ds.label_space.name(int(got[8, 8, 6])) == "aorta"
+    (src / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "colon": 1}}))
+    with pytest.raises(InputError, match="names an organ"):
+        convert("flare22", src, tmp_path / "flare2")

@@ -18,6 +18,9 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "btcv": ("partialseg.data.convert.btcv", "convert_btcv"),
     "amos": ("partialseg.data.convert.amos", "convert_amos"),
     "totalseg": ("partialseg.data.convert.totalseg", "convert_totalseg"),
+    "word": ("partialseg.data.convert.named", "convert_named"),
+    "flare22": ("partialseg.data.convert.named", "convert_named"),
+    "named": ("partialseg.data.convert.named", "convert_named"),
 }
 
 
@@ -34,6 +37,8 @@ def converter(name: str) -> Callable[..., Path]:
 
 def convert(name: str, src: str | Path, out: str | Path, **options: Any) -> Path:
     """Convert the collection at ``src`` (format ``name``) into the new dataset folder ``out``."""
+    if CONVERTERS.get(name, ("", ""))[1] == "convert_named" and name != "named":
+        options.setdefault("group", name)
     return converter(name)(Path(src), Path(out), **options)
 
 
