@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from partialseg.cli import app
 from partialseg.data.dataset import PartialDataset
-from partialseg.data.phantom import mr_intensities
+from partialseg.data.mr_phantom import mr_intensities
 from partialseg.data.preprocess import PreparedDataset, zscore_body
 from partialseg.io import load_volume
 from tests.methods.test_tct import TINY

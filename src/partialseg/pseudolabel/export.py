@@ -29,9 +29,8 @@ def last_pseudo_round(run: Path) -> Path:
 
 
 def export_pseudo_labels(run: str | Path, dataset: str | Path, out: str | Path, *, progress: bool = True) -> Path:
-    from partialseg.progress import progress as progress_bar
-
     from partialseg.data.preprocess import PreparedDataset, restore_to_original
+    from partialseg.progress import progress as progress_bar
     from partialseg.pseudolabel.store import load_pseudo
 
     run, out = Path(run), Path(out)

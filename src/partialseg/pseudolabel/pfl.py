@@ -140,23 +140,18 @@ def _stage_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
 
 def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Train the teachers, write the pseudo-full labels, train the student (module docstring)."""
-    from partialseg.data.preprocess import PreparedDataset, PreprocessConfig, class_locations, prepare_dataset
+    from partialseg.data.preprocess import PreparedDataset, class_locations
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
     from partialseg.progress import progress as progress_bar
     from partialseg.training import checkpoint as ckpt
     from partialseg.training.stages import open_stage_run
-    from partialseg.training.trainer import TrainCase, load_train_cases, split_cases, train
+    from partialseg.training.trainer import TrainCase, load_train_cases, prepared_cache, split_cases, train
 
     run, cfg = open_stage_run(out, cfg, resume=resume)
 
-    dataset = Path(dataset)
-    if (dataset / "prepared.json").exists():
-        prepared_dir = dataset
-    else:  # one cache for every stage: the teachers and the student read the same prepared cases
-        prepared_dir = run / "prepared"
-        if not (prepared_dir / "prepared.json").exists():
-            prepare_dataset(dataset, prepared_dir, PreprocessConfig(spacing=cfg.data.spacing, normalization=cfg.data.normalization))
+    # one cache for every stage: the teachers and the student read the same prepared cases
+    prepared_dir = prepared_cache(Path(dataset), run, cfg)
     prepared = PreparedDataset.load(prepared_dir)
     space = prepared.label_space
     train_ids, _ = split_cases([c.case_id for c in prepared.cases], cfg)

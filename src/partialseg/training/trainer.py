@@ -346,7 +346,7 @@ def _train(
     progress: bool,
     run_files: dict[str, Any] | None = None,
 ) -> Path:
-    from partialseg.data.preprocess import PreparedDataset, PreprocessConfig, prepare_dataset
+    from partialseg.data.preprocess import PreparedDataset
 
     dataset, run = Path(dataset), Path(out)
     world, rank, local = _dist_info()
@@ -370,14 +370,9 @@ def _train(
         torch.set_num_threads(cfg.train.num_threads)
 
     # --- data -------------------------------------------------------------------------------
-    if (dataset / "prepared.json").exists():
-        prepared_dir = dataset
-    else:
-        prepared_dir = run / "prepared"
-        if rank == 0 and not prepared_dir.exists():
-            prepare_dataset(dataset, prepared_dir, PreprocessConfig(spacing=cfg.data.spacing, normalization=cfg.data.normalization))
-        if world > 1:
-            torch.distributed.barrier()
+    prepared_dir = prepared_cache(dataset, run, cfg, build=rank == 0)
+    if world > 1 and prepared_dir != dataset:
+        torch.distributed.barrier()
     prepared = PreparedDataset.load(prepared_dir)
     space = label_space or prepared.label_space
     train_ids, val_ids = split_cases([c.case_id for c in prepared.cases], cfg)
@@ -533,6 +528,20 @@ def _train(
     if world > 1:
         torch.distributed.barrier()
     return model_path
+
+
+def prepared_cache(dataset: Path, run: Path, cfg: ExperimentConfig, *, build: bool = True) -> Path:
+    """The prepared cache to train from: ``dataset`` itself when it is one, else ``run/prepared``,
+    built there on first use (``build``: this process may build it; other DDP ranks wait)."""
+    from partialseg.data.preprocess import PreprocessConfig, prepare_dataset
+
+    dataset = Path(dataset)
+    if (dataset / "prepared.json").exists():
+        return dataset
+    prepared_dir = Path(run) / "prepared"
+    if build and not prepared_dir.exists():
+        prepare_dataset(dataset, prepared_dir, PreprocessConfig(spacing=cfg.data.spacing, normalization=cfg.data.normalization))
+    return prepared_dir
 
 
 def build_model(cfg: ExperimentConfig, space: LabelSpace) -> tuple[Method, nn.Module]:
