@@ -159,7 +159,7 @@ def prepare(
     normalization: Annotated[str, typer.Option(help="'tct' (clip HU to [-1024,1024], scale to [0,1]) or 'nnunet' (CT percentile clip + z-score).")] = "tct",
 ) -> None:
     """Reorient to RAS, resample, normalise and cache as memory-mappable arrays."""
-    from partialseg.data.preprocess import PreprocessConfig, prepare_dataset
+    from partialseg.preprocessing import PreprocessConfig, prepare_dataset
 
     try:
         cfg = PreprocessConfig(

@@ -26,7 +26,7 @@ from partialseg.errors import InputError, PartialsegError
 
 @dataclass
 class DataConfig:
-    """Preprocessing applied before training (see ``partialseg.data.preprocess``)."""
+    """Preprocessing applied before training (see ``partialseg.preprocessing``)."""
 
     spacing: tuple[float, float, float] | None = None  # mm; None = the dataset's median spacing
     normalization: str = "tct"  # "tct": clip [-1024, 1024] → [0, 1]; "nnunet": CT percentile clip + z-score

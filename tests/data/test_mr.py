@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from partialseg.cli import app
 from partialseg.data.dataset import PartialDataset
 from partialseg.data.mr_phantom import mr_intensities
-from partialseg.data.preprocess import PreparedDataset, zscore_body
 from partialseg.io import load_volume
+from partialseg.preprocessing import PreparedDataset
+from partialseg.preprocessing.normalisation import zscore_body
 from tests.methods.test_tct import TINY
 
 

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-import partialseg.data.preprocess as pp
+import partialseg.preprocessing.cache as pp
 
 _orig = pp.preprocess_label
 _calls = [0]

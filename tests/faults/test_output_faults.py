@@ -15,8 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from partialseg.cli import app
-from partialseg.data.preprocess import PreprocessConfig, prepare_dataset
 from partialseg.errors import OutputWriteError
+from partialseg.preprocessing import PreprocessConfig, prepare_dataset
 from partialseg.training.checkpoint import save_atomic
 from tests.faults.conftest import SPACING, checksums
 

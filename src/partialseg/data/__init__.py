@@ -1,1 +1,1 @@
-"""Datasets: reading, synthesising, simulating partial labels, merging and preprocessing."""
+"""Datasets: reading, checking, converting, simulating partial labels and merging."""

@@ -15,7 +15,7 @@ import numpy as np
 from partialseg.errors import InputError, warn
 
 if TYPE_CHECKING:
-    from partialseg.data.preprocess import GridMeta
+    from partialseg.preprocessing.geometry import GridMeta
 
 #: largest resampled volume (voxels) preprocessing will allocate: 4 GiB as float32, about 16
 #: times a 512×512×1000 CT at its own spacing

@@ -39,8 +39,8 @@ class Predictor:
     @classmethod
     def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None) -> Predictor:
         """From a run folder (its ``model.pt``) or a model file."""
-        from partialseg.data.preprocess import NormalizationStats, PreprocessConfig
         from partialseg.networks import build_network
+        from partialseg.preprocessing import NormalizationStats, PreprocessConfig
         from partialseg.training.trainer import resolve_device
 
         path = Path(run_or_model)
@@ -71,8 +71,8 @@ class Predictor:
 
         ``postprocess``: apply the run's postprocessing (the organs whose largest connected component
         alone did better on validation; ``RUN/postprocessing.json``) to the label map."""
-        from partialseg.data.preprocess import preprocess_image, restore_to_original
         from partialseg.inference.sliding_window import sliding_window_probabilities
+        from partialseg.preprocessing import preprocess_image, restore_to_original
 
         arr, meta = preprocess_image(image, self.preprocess, self.stats, self.preprocess.spacing)
         probs = sliding_window_probabilities(

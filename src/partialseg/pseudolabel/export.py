@@ -29,7 +29,7 @@ def last_pseudo_round(run: Path) -> Path:
 
 
 def export_pseudo_labels(run: str | Path, dataset: str | Path, out: str | Path, *, progress: bool = True) -> Path:
-    from partialseg.data.preprocess import PreparedDataset, restore_to_original
+    from partialseg.preprocessing import PreparedDataset, restore_to_original
     from partialseg.progress import progress as progress_bar
     from partialseg.pseudolabel.store import load_pseudo
 

@@ -224,10 +224,10 @@ def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
 
 def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Round 0 on the partial labels, then ``opts.rounds`` rounds of prompting, refinement and retraining."""
-    from partialseg.data.preprocess import PreparedDataset, class_locations
     from partialseg.generalist.base import build_generalist
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
+    from partialseg.preprocessing import PreparedDataset, class_locations
     from partialseg.progress import progress as progress_bar
     from partialseg.training import checkpoint as ckpt
     from partialseg.training.stages import open_stage_run

@@ -140,9 +140,9 @@ def _stage_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
 
 def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Train the teachers, write the pseudo-full labels, train the student (module docstring)."""
-    from partialseg.data.preprocess import PreparedDataset, class_locations
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
+    from partialseg.preprocessing import PreparedDataset, class_locations
     from partialseg.progress import progress as progress_bar
     from partialseg.training import checkpoint as ckpt
     from partialseg.training.stages import open_stage_run

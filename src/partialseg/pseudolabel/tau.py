@@ -34,11 +34,11 @@ def sweep_tau(
 ) -> list[dict[str, Any]]:
     """Per (validation case, organ, τ): DSC of the refined pseudo-label against the annotation, and the
     added voxels (``added``, ``added_correct``). ``run``: a finished marginal (round-0) run folder."""
-    from partialseg.data.preprocess import PreparedDataset
     from partialseg.generalist.base import build_generalist
     from partialseg.generalist.prompts import box_prompts_from_mask, roi_from_prompts
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
+    from partialseg.preprocessing import PreparedDataset
     from partialseg.progress import progress as progress_bar
     from partialseg.pseudolabel.loop import _protected, hounsfield, pseudo_label_quality
     from partialseg.pseudolabel.refine import prompt_mask, refine

@@ -87,8 +87,8 @@ def finetune(
     """Fine-tune the model of ``source_run`` on ``dataset`` into the new run folder ``out``."""
     from partialseg.config import load_config
     from partialseg.data.dataset import PartialDataset
-    from partialseg.data.preprocess import PreparedDataset
     from partialseg.labels import LabelSpace
+    from partialseg.preprocessing import PreparedDataset
     from partialseg.training import checkpoint as ckpt
     from partialseg.training.trainer import build_model, train
 

@@ -346,7 +346,7 @@ def _train(
     progress: bool,
     run_files: dict[str, Any] | None = None,
 ) -> Path:
-    from partialseg.data.preprocess import PreparedDataset
+    from partialseg.preprocessing import PreparedDataset
 
     dataset, run = Path(dataset), Path(out)
     world, rank, local = _dist_info()
@@ -533,7 +533,7 @@ def _train(
 def prepared_cache(dataset: Path, run: Path, cfg: ExperimentConfig, *, build: bool = True) -> Path:
     """The prepared cache to train from: ``dataset`` itself when it is one, else ``run/prepared``,
     built there on first use (``build``: this process may build it; other DDP ranks wait)."""
-    from partialseg.data.preprocess import PreprocessConfig, prepare_dataset
+    from partialseg.preprocessing import PreprocessConfig, prepare_dataset
 
     dataset = Path(dataset)
     if (dataset / "prepared.json").exists():

@@ -18,23 +18,23 @@ from typer.testing import CliRunner
 
 from partialseg.cli import app
 from partialseg.data.dataset import PartialDataset, dataset_json, write_dataset_json
-from partialseg.data.preprocess import (
+from partialseg.errors import InputError, OutputExistsError, PartialsegError
+from partialseg.io import Volume, load_volume, save_volume
+from partialseg.labels import LabelSpace
+from partialseg.preprocessing import (
     GridMeta,
     NormalizationStats,
     PreparedDataset,
     PreprocessConfig,
     compute_normalization_stats,
-    normalize_intensities,
     prepare_dataset,
     preprocess_image,
     preprocess_label,
-    resample,
     restore_labels_from_probabilities,
     restore_to_original,
 )
-from partialseg.errors import InputError, OutputExistsError, PartialsegError
-from partialseg.io import Volume, load_volume, save_volume
-from partialseg.labels import LabelSpace
+from partialseg.preprocessing.normalisation import normalize_intensities
+from partialseg.preprocessing.resampling import resample
 
 ORIENTATIONS = ["RAS", "LPS", "LAS", "PSL", "IRA", "ASR"]
 

@@ -1,0 +1,262 @@
+"""The prepared cache: every case preprocessed once, stored memory-mappable.
+
+Cache layout written by ``prepare_dataset`` (``OUT/``)::
+
+    prepared.json            config (concrete spacing), normalisation stats, labels, source, cases
+    <id>_image.npy           (1, X, Y, Z) float32, RAS, target spacing, normalised
+    <id>_label.npy           (X, Y, Z) int16 partial labels (unannotated organs are 0)
+    <id>_ref.npy             (X, Y, Z) int16 full reference labels (only if the dataset has them)
+    <id>_locs.npz            key "<class index>" -> (K, 3) int32 voxel indices, K <= 2000, one per
+                             annotated class (empty (0, 3) if the class is annotated but absent)
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from partialseg.data.checks import warn_if_not_ct
+from partialseg.errors import InputError, OutputExistsError, PartialsegError
+from partialseg.io import Volume, atomic_output_dir, read_json, write_json_atomic
+from partialseg.labels import LabelSpace
+from partialseg.preprocessing.config import PreprocessConfig, Shape
+from partialseg.preprocessing.geometry import GridMeta, median_spacing
+from partialseg.preprocessing.normalisation import NormalizationStats, compute_normalization_stats
+from partialseg.preprocessing.pipeline import LOCATIONS_PER_CLASS, class_locations, preprocess_image, preprocess_label
+from partialseg.progress import progress as progress_bar
+
+if TYPE_CHECKING:
+    from partialseg.data.dataset import PartialDataset
+
+PREPARED_JSON = "prepared.json"
+CACHE_FORMAT = "partialseg-prepared"
+CACHE_VERSION = 1
+
+
+def _case_seed(case_id: str) -> int:
+    return zlib.crc32(case_id.encode())
+
+
+def prepare_dataset(
+    dataset: Path | str | PartialDataset, out: Path | str, config: PreprocessConfig, *, progress: bool = True
+) -> Path:
+    """Validate, preprocess and cache every case of a ``PartialDataset`` (or its folder) in ``out``.
+
+    Writes into a temporary sibling renamed into place at the end, so ``out`` is either complete
+    or absent. Refuses an existing ``out``. Any bad case (NaN image, label grid mismatch, label
+    value outside the label space) aborts with an ``InputError`` naming its file. Label voxels
+    carrying a class outside the case's annotated set are set to 0 in the cache (counted in
+    ``prepared.json`` as ``unannotated_voxels_zeroed``); the source files are never modified.
+    """
+    from partialseg.data.dataset import PartialDataset
+
+    ds = dataset if isinstance(dataset, PartialDataset) else PartialDataset.load(dataset)
+    out = Path(out)
+    if out.exists():  # fail before the long work; atomic_output_dir checks again at the end
+        raise OutputExistsError(out)
+    spacing = config.spacing if config.spacing is not None else median_spacing(ds)
+    # channel_names decides: the CT rules clip Hounsfield units, which an MR image does not have
+    cfg = replace(config, spacing=spacing, normalization=config.normalization if ds.is_ct else "zscore")
+    stats = compute_normalization_stats(ds, progress=progress) if cfg.normalization == "nnunet" else None
+    space = ds.label_space
+    records = []
+    with atomic_output_dir(out) as tmp:
+        for case in progress_bar(ds.cases, desc="prepare", unit="case", enabled=progress):
+            image = case.load_image()
+            if ds.is_ct:
+                warn_if_not_ct(image.array, image.path)
+            label = case.load_label(space, image)
+            reference = case.load_reference(space, image)
+            img, meta = preprocess_image(image, cfg, stats, cfg.spacing)
+            del image
+            # Phi is authoritative (methods.md): a value of an unannotated class contradicts it and
+            # would be taught as that organ; it becomes 0 here and the count is recorded
+            stray = ~np.isin(label.array, np.array([0, *case.annotated], dtype=np.int16))
+            n_stray = int(stray.sum())
+            if n_stray:
+                label = Volume(np.where(stray, np.int16(0), label.array), label.affine, label.path)
+            lab = preprocess_label(label, meta, cfg)
+            np.save(tmp / f"{case.case_id}_image.npy", img)
+            np.save(tmp / f"{case.case_id}_label.npy", lab)
+            if reference is not None:
+                np.save(tmp / f"{case.case_id}_ref.npy", preprocess_label(reference, meta, cfg))
+            locs = class_locations(lab, case.annotated, seed=_case_seed(case.case_id))
+            np.savez(tmp / f"{case.case_id}_locs.npz", **{str(c): v for c, v in locs.items()})
+            records.append(
+                {
+                    "id": case.case_id,
+                    "annotated": space.names_of(case.annotated),
+                    "group": case.group,
+                    "shape": list(meta.shape),
+                    "has_reference": reference is not None,
+                    "source_image": str(case.image),
+                    "source_label": None if case.label is None else str(case.label),
+                    "source_reference": None if case.reference is None else str(case.reference),
+                    "num_locations": {space.name(c): int(len(v)) for c, v in locs.items()},
+                    "unannotated_voxels_zeroed": n_stray,
+                    "meta": meta.to_dict(),
+                }
+            )
+        write_json_atomic(
+            {
+                "format": CACHE_FORMAT,
+                "version": CACHE_VERSION,
+                "source": str(Path(ds.root).resolve()),
+                "config": cfg.to_dict(),
+                "stats": None if stats is None else stats.to_dict(),
+                "labels": space.to_dataset_json(),
+                "locations_per_class": LOCATIONS_PER_CLASS,
+                "cases": records,
+            },
+            tmp / PREPARED_JSON,
+        )
+    return out
+
+
+def _open_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    if not path.exists():
+        raise InputError(path, "cached array is missing; run `partialseg prepare` again")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(
+            path, f"cannot read the cached array ({type(e).__name__}: {e}); run `partialseg prepare` again"
+        ) from None
+    if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
+        raise InputError(
+            path,
+            f"cached array is {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {tuple(shape)}; "
+            "run `partialseg prepare` again",
+        )
+    return arr
+
+
+@dataclass(eq=False)
+class PreparedCase:
+    """One cached case. Arrays are opened memory-mapped on first access (read-only).
+
+    ``image``: (1, X, Y, Z) float32; ``label``: (X, Y, Z) int16 partial labels; ``reference``:
+    (X, Y, Z) int16 or ``None``; ``class_locations``: ``{class index: (K, 3) int32}`` for each
+    annotated class. Pickling (e.g. into DataLoader workers) drops the open maps, not the paths.
+    """
+
+    case_id: str
+    annotated: frozenset[int]
+    group: str | None
+    meta: GridMeta
+    root: Path
+    has_reference: bool = False
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def shape(self) -> Shape:
+        return self.meta.shape
+
+    def path(self, kind: str) -> Path:
+        """``kind``: ``"image"``, ``"label"``, ``"ref"`` (.npy) or ``"locs"`` (.npz)."""
+        return self.root / f"{self.case_id}_{kind}.{'npz' if kind == 'locs' else 'npy'}"
+
+    def _array(self, kind: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        if kind not in self._cache:
+            self._cache[kind] = _open_npy(self.path(kind), shape, dtype)
+        return self._cache[kind]
+
+    @property
+    def image(self) -> np.ndarray:
+        return self._array("image", (1, *self.shape), np.float32)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self._array("label", self.shape, np.int16)
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        return self._array("ref", self.shape, np.int16) if self.has_reference else None
+
+    @property
+    def class_locations(self) -> dict[int, np.ndarray]:
+        if "locs" not in self._cache:
+            path = self.path("locs")
+            if not path.exists():
+                raise InputError(path, "cached foreground locations are missing; run `partialseg prepare` again")
+            try:
+                with np.load(path) as z:
+                    locs = {int(k): np.asarray(z[k], dtype=np.int32).reshape(-1, 3) for k in z.files}
+            except (OSError, ValueError, EOFError, KeyError) as e:
+                raise InputError(path, f"cannot read the cached locations ({type(e).__name__}: {e})") from None
+            self._cache["locs"] = locs
+        return self._cache["locs"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
+
+@dataclass
+class PreparedDataset:
+    """A cache written by ``prepare_dataset`` (``PreparedDataset.load(root)``)."""
+
+    root: Path
+    label_space: LabelSpace
+    config: PreprocessConfig
+    stats: NormalizationStats | None
+    cases: list[PreparedCase]
+    source: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, root: str | Path) -> PreparedDataset:
+        """Read ``prepared.json`` and open every case's image and label memory-mapped (header check)."""
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError(root, "prepared cache folder does not exist; run `partialseg prepare` first")
+        pjson = root / PREPARED_JSON
+        info = read_json(pjson)
+        if not isinstance(info, dict) or info.get("format") != CACHE_FORMAT:
+            raise InputError(pjson, "not a partialseg prepared cache (missing 'format': 'partialseg-prepared')")
+        if info.get("version") != CACHE_VERSION:
+            raise InputError(
+                pjson, f"cache version {info.get('version')!r}, this partialseg reads {CACHE_VERSION}; run prepare again"
+            )
+        try:
+            space = LabelSpace.from_dataset_json(info["labels"], pjson)
+            config = PreprocessConfig.from_dict(info["config"])
+            stats = None if info.get("stats") is None else NormalizationStats.from_dict(info["stats"])
+            cases = []
+            for rec in info["cases"]:
+                case = PreparedCase(
+                    case_id=str(rec["id"]),
+                    annotated=space.indices(rec["annotated"], pjson),
+                    group=rec.get("group"),
+                    meta=GridMeta.from_dict(rec["meta"]),
+                    root=root,
+                    has_reference=bool(rec.get("has_reference", False)),
+                )
+                case.image, case.label, case.reference  # noqa: B018 - opens the maps: fails now, naming the file
+                cases.append(case)
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError, PartialsegError) as e:
+            raise InputError(pjson, f"corrupt cache description ({type(e).__name__}: {e}); run prepare again") from None
+        if config.spacing is None:
+            raise InputError(pjson, "config has no concrete spacing; run prepare again")
+        source = info.get("source")
+        return cls(root, space, config, stats, cases, None if source is None else Path(source), info)
+
+    def case(self, case_id: str) -> PreparedCase:
+        for c in self.cases:
+            if c.case_id == case_id:
+                return c
+        raise KeyError(f"no case {case_id!r} in {self.root}")
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c.case_id for c in self.cases]
+
+    def __len__(self) -> int:
+        return len(self.cases)
