@@ -138,17 +138,76 @@ def merge(
 
 @app.command()
 def info(
-    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder, or a run folder.")],
     check: Annotated[bool, typer.Option(help="Also load every file and check grids, label values and NaN.")] = False,
 ) -> None:
-    """Summarise a dataset: cases, label space, per-organ annotation counts, spacings, shapes, orientation."""
+    """Summarise a dataset (cases, label space, per-organ annotation counts, spacings, shapes, orientation)
+    or a run folder (method, network, what planning chose, progress)."""
     from partialseg.data.info import dataset_info, format_info
 
     try:
+        if (dataset / "config.yaml").exists() and not (dataset / "dataset.json").exists():
+            from partialseg.training.runlog import run_summary
+
+            typer.echo(run_summary(dataset))
+            return
         summary = dataset_info(dataset, check=check)
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(format_info(summary))
+
+
+@app.command()
+def plan(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (nnU-Net v2 layout) or a prepared cache.")],
+    method: Annotated[Optional[str], typer.Option(help="Training method the plan is for (its heads count in memory).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config file (what it sets is not planned).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set plan.memory_gb=24 (repeatable).")] = None,
+    intensities: Annotated[bool, typer.Option(help="Also read every image for the foreground intensity statistics (slow).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the fingerprint and plan to this JSON file (new).")] = None,
+) -> None:
+    """Fingerprint a dataset and show what `train` would plan: spacing, patch, network topology, batch."""
+    from partialseg.config import load_config
+    from partialseg.data.dataset import PartialDataset
+    from partialseg.errors import OutputExistsError
+    from partialseg.io import write_json_atomic
+    from partialseg.preprocessing.cache import PREPARED_JSON, PreparedDataset
+    from partialseg.preprocessing.fingerprint import fingerprint_dataset, fingerprint_prepared
+    from partialseg.preprocessing.plan import apply_plan
+
+    try:
+        if out is not None and out.exists():
+            raise OutputExistsError(out)
+        overrides = list(set_ or []) + ([f"method.name={method}"] if method else [])
+        cfg = load_config(config, overrides)
+        if (dataset / PREPARED_JSON).exists():
+            prepared = PreparedDataset.load(dataset)
+            fp, space = fingerprint_prepared(prepared), prepared.label_space
+            if cfg.data.spacing is None:
+                cfg.data.spacing = tuple(prepared.config.spacing)
+        else:
+            ds = PartialDataset.load(dataset)
+            fp, space = fingerprint_dataset(ds, intensities=intensities, progress=True), ds.label_space
+        planned, result = apply_plan(cfg, fp, space)
+    except (PartialsegError, OSError) as e:
+        _fail(e)
+    d = fp.to_dict()
+    typer.echo(f"{d['num_cases']} cases ({fp.modality}); median spacing "
+               f"{' × '.join(f'{s:g}' for s in d['median_spacing'])} mm, median shape {'×'.join(map(str, d['median_shape']))}")
+    if fp.intensities is not None:
+        s = fp.intensities
+        typer.echo(f"foreground intensities: mean {s.mean:.1f}, sd {s.std:.1f}, 0.5–99.5 % [{s.percentile_00_5:.1f}, {s.percentile_99_5:.1f}]")
+    if result is None:
+        typer.echo("nothing to plan: the configuration sets spacing, patch and batch size")
+    else:
+        typer.echo(f"plan for {planned.method.name}: {result.summary()}")
+        for note in result.notes:
+            typer.echo(f"  note: {note}")
+    typer.echo(f"train would use: data.spacing={list(planned.data.spacing)} train.patch_size={list(planned.train.patch_size)} "
+               f"train.batch_size={planned.train.batch_size}")
+    if out is not None:
+        write_json_atomic({"fingerprint": d, "plan": None if result is None else result.to_dict()}, out)
+        typer.echo(f"wrote {out}")
 
 
 @app.command()

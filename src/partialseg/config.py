@@ -66,8 +66,8 @@ class AugmentConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000  # optimiser steps in total
-    batch_size: int = 2
-    patch_size: tuple[int, int, int] = (64, 64, 48)  # voxels, RAS array order (x, y, z)
+    batch_size: int | None = None  # None: planned from the memory budget (plan section)
+    patch_size: tuple[int, int, int] | None = None  # voxels, RAS array order (x, y, z); None: planned
     foreground_fraction: float = 0.33  # share of patches centred on a voxel of an annotated class
     val_every: int = 100  # steps between validations (0 = only at the end)
     checkpoint_every: int = 50  # steps between checkpoints
@@ -80,6 +80,17 @@ class TrainConfig:
     #: "auto": per organ, keep only the largest connected component at prediction time where that helped on
     #: the validation cases (decided after the last validation, nnU-Net's rule); "none": never
     postprocessing: str = "auto"
+
+
+@dataclass
+class PlanConfig:
+    """Planning (``partialseg.preprocessing.plan``): what fills ``data.spacing``, ``train.patch_size``,
+    ``train.batch_size`` (and ``dynunet``'s patch and spacing) when they are left unset."""
+
+    memory_gb: float = 8.0  # training memory budget per device (nnU-Net v2's default target)
+    anisotropy_threshold: float = 3.0  # nnU-Net's: a coarse axis this many times the others is anisotropic
+    min_batch_size: int = 2
+    max_dataset_fraction: float = 0.05  # a batch covers at most this share of the dataset's voxels
 
 
 @dataclass
@@ -96,6 +107,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -115,7 +127,7 @@ class ExperimentConfig:
         flat = _flatten(self.to_dict())
         for key, (lo, hi, lo_open, hi_open) in RANGES.items():
             value = flat[key]
-            if value is None:  # data.spacing: None = the dataset's median
+            if value is None:  # data.spacing, train.patch_size, train.batch_size: None = planned
                 continue
             for v in value if isinstance(value, list) else [value]:
                 bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
@@ -160,6 +172,10 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.seed": (0, 2**32 - 1, False, False),
     "train.num_threads": (0, INF, False, False),
     "train.sw_overlap": (0, 1, False, True),
+    "plan.memory_gb": (0, INF, True, False),
+    "plan.anisotropy_threshold": (1, INF, True, False),
+    "plan.min_batch_size": (1, INF, False, False),
+    "plan.max_dataset_fraction": (0, 1, True, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.postprocessing": ("auto", "none"),
@@ -208,13 +224,19 @@ def with_method_defaults(cfg: ExperimentConfig) -> ExperimentConfig:
     return out
 
 
+#: what planning fills in when a configuration leaves it unset (``partialseg.preprocessing.plan``)
+PLANNED_KEYS = ("data.spacing", "train.patch_size", "train.batch_size", "network.options.patch_size",
+                "network.options.spacing")
+
+
 def config_differences(a: ExperimentConfig | dict[str, Any], b: ExperimentConfig | dict[str, Any],
                        ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys whose values differ between two configurations (``method.options.tau``, ...).
 
     Method options are compared with their defaults filled in (a run saved before an option
     existed compares equal to one that sets it to its default). A key in ``ignore``, or under one
-    (``"method"`` ignores the whole section), is not compared.
+    (``"method"`` ignores the whole section), is not compared. A planned key (:data:`PLANNED_KEYS`)
+    that ``a`` leaves unset is not a difference: ``b`` then holds what planning chose for it.
     """
     def resolved(x: ExperimentConfig | dict[str, Any]) -> dict[str, Any]:
         cfg = x if isinstance(x, ExperimentConfig) else ExperimentConfig.from_dict(x)
@@ -235,6 +257,7 @@ def config_differences(a: ExperimentConfig | dict[str, Any], b: ExperimentConfig
     return sorted(
         k for k in set(fa) | set(fb)
         if fa.get(k) != fb.get(k) and not any(k == i or k.startswith(i + ".") for i in ignore)
+        and not (k in PLANNED_KEYS and fa.get(k) is None)
     )
 
 

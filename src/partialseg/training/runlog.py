@@ -44,3 +44,26 @@ def read_rows(run: Path, count: int) -> list[dict[str, Any]]:
 
 
 __all__ = ["ROWS_FILE", "append_rows", "read_rows"]
+
+
+def run_summary(run: Path) -> str:
+    """A few lines on a run folder: method, network, the plan (when training planned) and progress."""
+    from partialseg.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    lines = [f"run {run}: method {cfg.method.name}, network {cfg.network.name}, {cfg.train.steps} steps"]
+    lines.append(f"  spacing {list(cfg.data.spacing) if cfg.data.spacing else 'unset'} mm, patch "
+                 f"{list(cfg.train.patch_size) if cfg.train.patch_size else 'unset'}, batch {cfg.train.batch_size}")
+    if (run / "plan.json").exists():
+        from partialseg.preprocessing.plan import Plan
+
+        plan = Plan.from_dict(json.loads((run / "plan.json").read_text()))
+        lines.append(f"  planned: {plan.summary()}")
+        lines += [f"  note: {n}" for n in plan.notes]
+    else:
+        lines.append("  planned: nothing (every planned field was set)")
+    rows = run / ROWS_FILE
+    if rows.exists():
+        n = sum(1 for _ in rows.open())
+        lines.append(f"  {n} logged steps so far" + ("; model.pt written" if (run / "model.pt").exists() else ""))
+    return "\n".join(lines)

@@ -350,12 +350,18 @@ def _train(
 
     dataset, run = Path(dataset), Path(out)
     world, rank, local = _dist_info()
+    from partialseg.preprocessing.plan import plan_for_dataset
+
     cfg = with_method_defaults(_resolve_run(run, config, resume, rank))
+    cfg, plan = plan_for_dataset(cfg, dataset, label_space)  # a resumed run's config is already concrete
     run.mkdir(parents=True, exist_ok=True)
     _setup_logging(run, rank)
     if rank == 0:
         # first, so a run killed during prepare is a run --resume accepts
         write_text_atomic(cfg.to_yaml(), run / "config.yaml")  # resolved: every method option, defaults filled in
+        if plan is not None:
+            write_json_atomic(plan.to_dict(), run / "plan.json")
+            log.info("plan: %s", plan.summary())
         for name, obj in (run_files or {}).items():
             write_json_atomic(obj, run / name)
 
