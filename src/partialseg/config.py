@@ -32,6 +32,9 @@ class DataConfig:
     normalization: str = "tct"  # "tct": clip [-1024, 1024] → [0, 1]; "nnunet": CT percentile clip + z-score
     val_fraction: float = 0.2  # fraction of training cases held out for validation (at least one case)
     val_cases: list[str] = field(default_factory=list)  # explicit validation case ids (overrides val_fraction)
+    #: where the shared preprocessed caches live (one per dataset and preprocessing, reused by every run);
+    #: None: "<dataset>.partialseg-cache" beside the dataset folder
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -207,7 +210,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 #: settings that change how a run executes, not what it computes
-EXECUTION_KEYS = ("train.num_threads", "train.device")
+EXECUTION_KEYS = ("train.num_threads", "train.device", "data.cache_dir")
 
 
 def with_method_defaults(cfg: ExperimentConfig) -> ExperimentConfig:

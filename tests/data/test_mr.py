@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,9 +51,10 @@ def test_mr_phantoms_train_predict_and_evaluate_without_ct_warnings(tmp_path):
         warnings.simplefilter("error")  # not even the "cannot be CT" warning
         r = runner.invoke(app, args)
         assert r.exit_code == 0, r.output
-        prepared = PreparedDataset.load(tmp_path / "run" / "prepared")
+        cache = Path(json.loads((tmp_path / "run" / "split.json").read_text())["prepared"])
+        prepared = PreparedDataset.load(cache)
         assert prepared.config.normalization == "zscore"  # although the config asked for the CT default
-        img = np.load(tmp_path / "run" / "prepared" / f"{ds.cases[0].case_id}_image.npy")
+        img = np.load(cache / f"{ds.cases[0].case_id}_image.npy")
         assert img.min() < -0.5 and img.max() > 1.0  # standardised: a CT window would give [0, 1]
         r = runner.invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "mr" / "imagesTr"), str(tmp_path / "pred")])
         assert r.exit_code == 0, r.output

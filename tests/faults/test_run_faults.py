@@ -211,15 +211,15 @@ def test_stale_lock_of_a_killed_process_is_recognised(tmp_path, caplog):
 def test_kill_during_trains_prepare_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
     data, straight = trained
     before = checksums(data)
-    run = tmp_path / "run"
-    res = subprocess.run([sys.executable, str(KILLER), "train", str(data), str(run), *TINY], capture_output=True,
-                         text=True, timeout=300)
+    run, cache = tmp_path / "run", tmp_path / "cache"  # its own cache root: the fixture's cache exists already
+    res = subprocess.run([sys.executable, str(KILLER), "train", str(data), str(run), *TINY, f"data.cache_dir={cache}"],
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == -9, res.stderr[-2000:]
-    assert (run / "config.yaml").exists() and not (run / "prepared").exists()
-    assert [p for p in run.iterdir() if p.name.endswith(".partial")], "the kill left prepare's partial folder"
+    assert (run / "config.yaml").exists() and not [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert [p for p in cache.iterdir() if p.name.endswith(".partial")], "the kill left prepare's partial folder"
     r = _train(data, run, resume=True)
     assert r.exit_code == 0, r.output
-    assert not [p for p in run.iterdir() if p.name.endswith(".partial")]
+    assert not [p for p in cache.iterdir() if p.name.endswith(".partial")]
     a = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(run / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

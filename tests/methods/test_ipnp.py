@@ -1,9 +1,8 @@
 """IPnP: one case's pseudo-labelling with the real default generalist, and a 2-round CLI run."""
 
 import json
-from pathlib import Path
 import shutil
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,9 +216,10 @@ def test_round_0_adopted_from_a_marginal_run(tmp_path, small_space):
     # a specialist trained with other settings is refused, naming the run and the section
     r = train(tmp_path / "ipnp_bad", "ipnp", "train.steps=3", *ipnp_opts)
     assert r.exit_code != 0 and "other settings" in r.output and "train" in r.output
-    # the prepared cache came along: the IPnP run survives the adopted run's deletion
+    # both read the dataset's shared cache, which the adopted run's deletion leaves alone
     split = json.loads((r0 / "split.json").read_text())
-    assert Path(split["prepared"]) == (r0 / "prepared").resolve() and (r0 / "prepared" / "prepared.json").exists()
+    assert split["prepared"] == json.loads((tmp_path / "marginal" / "split.json").read_text())["prepared"]
+    assert not Path(split["prepared"]).is_relative_to(tmp_path / "marginal") and not (r0 / "prepared").exists()
     shutil.rmtree(tmp_path / "marginal")
     r = CliRunner().invoke(app, ["train", str(ds), "--out", str(tmp_path / "ipnp"), "--resume"])
     assert r.exit_code == 0, r.output

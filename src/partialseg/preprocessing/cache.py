@@ -41,6 +41,14 @@ def _case_seed(case_id: str) -> int:
     return zlib.crc32(case_id.encode())
 
 
+def resolved_config(ds: PartialDataset, config: PreprocessConfig) -> PreprocessConfig:
+    """``config`` as ``prepare_dataset`` applies it to ``ds``: a concrete spacing, and the z-score
+    normalisation for a dataset whose ``channel_names`` is not CT."""
+    spacing = config.spacing if config.spacing is not None else median_spacing(ds)
+    # channel_names decides: the CT rules clip Hounsfield units, which an MR image does not have
+    return replace(config, spacing=spacing, normalization=config.normalization if ds.is_ct else "zscore")
+
+
 def prepare_dataset(
     dataset: Path | str | PartialDataset, out: Path | str, config: PreprocessConfig, *, progress: bool = True
 ) -> Path:
@@ -58,9 +66,7 @@ def prepare_dataset(
     out = Path(out)
     if out.exists():  # fail before the long work; atomic_output_dir checks again at the end
         raise OutputExistsError(out)
-    spacing = config.spacing if config.spacing is not None else median_spacing(ds)
-    # channel_names decides: the CT rules clip Hounsfield units, which an MR image does not have
-    cfg = replace(config, spacing=spacing, normalization=config.normalization if ds.is_ct else "zscore")
+    cfg = resolved_config(ds, config)
     stats = compute_normalization_stats(ds, progress=progress) if cfg.normalization == "nnunet" else None
     space = ds.label_space
     records = []
@@ -260,3 +266,79 @@ class PreparedDataset:
 
     def __len__(self) -> int:
         return len(self.cases)
+
+
+# ---- one cache per dataset and preprocessing, shared by runs ----------------------------------
+
+CACHE_KEY_JSON = "cache_key.json"
+_WAIT_S = 5.0
+
+
+def cache_key(ds: PartialDataset, config: PreprocessConfig) -> dict[str, Any]:
+    """What a cache depends on: the resolved preprocessing, the label space, and every source file's
+    name, size and modification time (a file edited in place makes a new cache, never a stale one)."""
+    def stat(path: Path | None) -> list[Any] | None:
+        if path is None:
+            return None
+        st = Path(path).stat()
+        return [Path(path).name, st.st_size, st.st_mtime_ns]
+
+    return {
+        "version": CACHE_VERSION,
+        "dataset": str(Path(ds.root).resolve()),
+        "config": resolved_config(ds, config).to_dict(),
+        "labels": ds.label_space.to_dataset_json(),
+        "cases": [[c.case_id, sorted(ds.label_space.names_of(c.annotated)), stat(c.image), stat(c.label), stat(c.reference)]
+                  for c in ds.cases],
+    }
+
+
+def default_cache_root(dataset: Path) -> Path:
+    """``<dataset>.partialseg-cache`` beside the dataset folder (the dataset itself is never written)."""
+    dataset = Path(dataset).absolute()
+    return dataset.parent / f"{dataset.name}.partialseg-cache"
+
+
+def shared_cache(
+    dataset: Path | str, config: PreprocessConfig, *, cache_root: Path | str | None = None, build: bool = True,
+    progress: bool = True,
+) -> Path:
+    """The prepared cache of ``dataset`` under ``config``, built on first use and reused by every run.
+
+    It lives in ``cache_root`` (default :func:`default_cache_root`) as ``<spacing>_<normalisation>_<hash>``,
+    the hash of :func:`cache_key`. One process builds it (under the folder's lock; the others wait),
+    atomically, so a killed build leaves nothing that is taken for a cache. ``build=False`` only
+    names the folder (DDP ranks other than 0).
+    """
+    import hashlib
+    import json
+    import time
+
+    from partialseg.data.dataset import PartialDataset
+    from partialseg.locking import FolderInUseError, folder_lock
+
+    ds = PartialDataset.load(dataset)
+    key = cache_key(ds, config)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    cfg = key["config"]
+    name = f"{'x'.join(f'{s:g}' for s in cfg['spacing'])}mm_{cfg['normalization']}_{digest}"
+    out = Path(cache_root) / name if cache_root is not None else default_cache_root(Path(dataset)) / name
+    if not build or (out / PREPARED_JSON).exists():
+        return out
+    waited = False
+    while True:
+        try:
+            with folder_lock(out):
+                if not (out / PREPARED_JSON).exists():
+                    if out.exists():  # not ours to judge: a folder without prepared.json is no cache
+                        raise OutputExistsError(out, "exists but holds no prepared.json; remove it")
+                    prepare_dataset(ds, out, PreprocessConfig.from_dict(cfg), progress=progress)
+                    write_json_atomic(key, out / CACHE_KEY_JSON)
+            return out
+        except FolderInUseError:
+            if not waited:
+                import logging
+
+                logging.getLogger("partialseg").info("waiting for another process to build the cache %s", out)
+                waited = True
+            time.sleep(_WAIT_S)

@@ -351,8 +351,8 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     """Use a finished run as round 0: round 0 *is* a marginal-loss training on the partial labels.
 
     The run must be a ``marginal`` or ``ipnp`` run on the same dataset whose network, data, optimiser,
-    augmentation and training settings equal ``cfg``'s; its files and its prepared cache are copied
-    (the cache hard-linked where possible; nothing is moved) into ``r0``.
+    augmentation and training settings equal ``cfg``'s; its files are copied into ``r0`` (nothing is
+    moved), and a prepared cache inside it hard-linked where possible (a shared cache is referenced).
     """
     from partialseg.training import checkpoint as ckpt
 
@@ -374,9 +374,12 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     if prepared_from is not None and Path(prepared_from).resolve() != Path(dataset).resolve():
         raise InputError(source, f"specialist_run was trained on {prepared_from}, not on {dataset}")
     r0.mkdir(parents=True, exist_ok=True)
-    # The prepared cache too (hard links where the filesystem allows): the IPnP run must not break
-    # when the adopted run's folder is deleted.
-    prepared = r0 / "prepared"
+    # A cache inside the adopted run (runs from before the shared caches) is linked in too (hard links
+    # where the filesystem allows): the IPnP run must not break when that folder is deleted. A shared
+    # cache is referenced, not copied.
+    prepared = Path(split["prepared"])
+    if prepared.resolve().is_relative_to(source.resolve()):
+        prepared = r0 / "prepared"
     if not prepared.exists():
         tmp_dir = r0 / ".prepared.tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -537,17 +537,21 @@ def _train(
 
 
 def prepared_cache(dataset: Path, run: Path, cfg: ExperimentConfig, *, build: bool = True) -> Path:
-    """The prepared cache to train from: ``dataset`` itself when it is one, else ``run/prepared``,
-    built there on first use (``build``: this process may build it; other DDP ranks wait)."""
-    from partialseg.preprocessing import PreprocessConfig, prepare_dataset
+    """The prepared cache to train from: ``dataset`` itself when it is one, else the dataset's shared
+    cache for this preprocessing (``preprocessing.cache.shared_cache``: built on first use, reused by
+    every later run and method; ``build``: this process may build it, other DDP ranks only name it)."""
+    from partialseg.preprocessing import PreprocessConfig
+    from partialseg.preprocessing.cache import shared_cache
 
     dataset = Path(dataset)
     if (dataset / "prepared.json").exists():
         return dataset
-    prepared_dir = Path(run) / "prepared"
-    if build and not prepared_dir.exists():
-        prepare_dataset(dataset, prepared_dir, PreprocessConfig(spacing=cfg.data.spacing, normalization=cfg.data.normalization))
-    return prepared_dir
+    pcfg = PreprocessConfig(spacing=cfg.data.spacing, normalization=cfg.data.normalization)
+    try:
+        return shared_cache(dataset, pcfg, cache_root=cfg.data.cache_dir, build=build)
+    except PermissionError as e:
+        raise InputError(e.filename or dataset, "cannot write the preprocessed cache beside the dataset; set "
+                                                "data.cache_dir to a writable folder") from None
 
 
 def build_model(cfg: ExperimentConfig, space: LabelSpace) -> tuple[Method, nn.Module]:
