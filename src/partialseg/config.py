@@ -79,6 +79,9 @@ class TrainConfig:
     amp_cpu: bool = False  # also on CPUs with native bf16: ~1.7x faster, but not bit-reproducible run to run
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     num_threads: int = 0  # CPU threads for torch; 0 = torch's default
+    #: background processes making batches (sampling, augmentation); None: 0 on a CPU, up to 8 on a GPU.
+    #: Batches depend only on (seed, step), so this never changes results.
+    num_workers: int | None = None
     sw_overlap: float = 0.25  # sliding-window overlap for validation and prediction
     #: "auto": per organ, keep only the largest connected component at prediction time where that helped on
     #: the validation cases (decided after the last validation, nnU-Net's rule); "none": never
@@ -174,6 +177,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.checkpoint_every": (1, INF, False, False),
     "train.seed": (0, 2**32 - 1, False, False),
     "train.num_threads": (0, INF, False, False),
+    "train.num_workers": (0, INF, False, False),
     "train.sw_overlap": (0, 1, False, True),
     "plan.memory_gb": (0, INF, True, False),
     "plan.anisotropy_threshold": (1, INF, True, False),
@@ -210,7 +214,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 #: settings that change how a run executes, not what it computes
-EXECUTION_KEYS = ("train.num_threads", "train.device", "data.cache_dir")
+EXECUTION_KEYS = ("train.num_threads", "train.num_workers", "train.device", "data.cache_dir")
 
 
 def with_method_defaults(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -42,6 +42,11 @@ class Batch:
             None if self.pseudo is None else self.pseudo.to(device, non_blocking=True),
         )
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (what ``DataLoader(pin_memory=True)`` calls), for asynchronous copies to a GPU."""
+        return Batch(self.image.pin_memory(), self.target.pin_memory(), self.annotated.pin_memory(),
+                     None if self.pseudo is None else self.pseudo.pin_memory())
+
 
 @dataclass(frozen=True)
 class StepContext:

@@ -44,11 +44,9 @@ from partialseg.errors import InputError, OutputExistsError, PartialsegError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.labels import LabelSpace
 from partialseg.locking import folder_lock
-from partialseg.methods.base import Batch, Method, StepContext, TrainingModel, get_method
+from partialseg.methods.base import Method, StepContext, TrainingModel, get_method
 from partialseg.training import checkpoint as ckpt
 from partialseg.training import runlog
-from partialseg.training.augment import augment_batch
-from partialseg.training.sampling import mirror_left_right, sample_patch
 
 log = logging.getLogger("partialseg.train")
 
@@ -121,25 +119,6 @@ def split_cases(case_ids: Sequence[str], cfg: ExperimentConfig) -> tuple[list[st
     if not train:
         raise PartialsegError("no training cases left after the validation split")
     return train, val
-
-
-def _collate(patches, num_channels: int) -> Batch:
-    def mask(sets):
-        m = torch.zeros(len(sets), num_channels, dtype=torch.bool)
-        m[:, 0] = True
-        for i, s in enumerate(sets):
-            m[i, list(s)] = True
-        return m
-
-    pseudo = mask([p.pseudo for p in patches]) if any(p.pseudo for p in patches) else None
-    if pseudo is not None:
-        pseudo[:, 0] = False
-    return Batch(
-        torch.from_numpy(np.stack([p.image for p in patches])),
-        torch.from_numpy(np.stack([p.label for p in patches])),
-        mask([p.annotated | p.pseudo for p in patches]),
-        pseudo,
-    )
 
 
 def validate(
@@ -270,6 +249,7 @@ def _resolve_run(run: Path, config: ExperimentConfig | None, resume: bool, rank:
                                            "the saved one (only train.steps, num_threads and device may change)")
             saved.train.steps = config.train.steps
             saved.train.num_threads, saved.train.device = config.train.num_threads, config.train.device
+            saved.train.num_workers = config.train.num_workers
         return saved
     # other ranks would see the folder rank 0 just made
     if rank == 0 and run.exists() and any(run.iterdir()):
@@ -396,8 +376,6 @@ def _train(
         net.load_state_dict(init_weights)
     model = TrainingModel(net, method).to(device)
     optimizer = build_optimizer(model.parameters(), cfg)
-    rng = np.random.default_rng([cfg.train.seed, rank])
-    gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank)
     state = RunState()
     logged = 0  # rows already in the row file
     ck_path = run / ckpt.CHECKPOINT_FILE
@@ -407,9 +385,6 @@ def _train(
         ck = ckpt.load(ck_path, map_location=device)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-        rs = ck["rng"][rank] if rank < len(ck["rng"]) else ck["rng"][0]
-        rng.bit_generator.state = rs["numpy"]
-        gen.set_state(rs["torch"])
         if "rows" in ck:  # a checkpoint from before the row file: it carries the whole log
             (run / runlog.ROWS_FILE).unlink(missing_ok=True)
             runlog.append_rows(run, ck["rows"])
@@ -435,24 +410,19 @@ def _train(
 
         bar = progress_bar(total=total, initial=state.step, desc=f"train {method.name}", unit="step")
     patch = cfg.train.patch_size
-    n_fg = int(round(cfg.train.foreground_fraction * cfg.train.batch_size))
+    from partialseg.training.loader import BatchRecipe, batch_loader, resolve_workers
+
+    recipe = BatchRecipe(train_cases, space, tuple(patch), cfg.train.batch_size, cfg.train.foreground_fraction,
+                         cfg.augment, cfg.train.seed, rank)
+    workers = resolve_workers(cfg.train.num_workers, device)
+    batches = batch_loader(recipe, state.step, total, num_workers=workers, pin_memory=device.type == "cuda")
+    if rank == 0 and workers:
+        log.info("batches made by %d background workers", workers)
     model.train()
     t0 = time.perf_counter()
     try:
         for step in range(state.step, total):
-            patches = []
-            for i in range(cfg.train.batch_size):
-                case = train_cases[int(rng.integers(len(train_cases)))]
-                # the last n_fg items of every batch are forced foreground, as in nnU-Net
-                force = i >= cfg.train.batch_size - n_fg
-                p = sample_patch(case.image, case.label, case.annotated, case.class_locations, patch, rng,
-                                 force_foreground=force, pad_value=case.pad_value, pseudo=case.pseudo)
-                if cfg.augment.enabled and cfg.augment.p_mirror_lr > 0 and rng.random() < cfg.augment.p_mirror_lr:
-                    p = mirror_left_right(p, space)
-                patches.append(p)
-            batch = _collate(patches, space.num_channels)
-            image, target = augment_batch(batch.image, batch.target, cfg.augment, gen)
-            batch = Batch(image, target, batch.annotated, batch.pseudo).to(device)
+            batch = next(batches).to(device)
             lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule)
             for g in optimizer.param_groups:
                 g["lr"] = lr
@@ -480,16 +450,11 @@ def _train(
             state.rows.append(row)
             state.step = step + 1
             if (step + 1) % max(cfg.train.checkpoint_every, 1) == 0 or last:
-                rngs = [{"numpy": rng.bit_generator.state, "torch": gen.get_state()}]
-                if world > 1:
-                    gathered: list[Any] = [None] * world
-                    torch.distributed.all_gather_object(gathered, rngs[0])
-                    rngs = gathered
                 if rank == 0:
                     # rows first: a kill between the two leaves extra rows, which the resume cuts off
                     runlog.append_rows(run, state.rows[logged:])
                     logged = len(state.rows)
-                    ckpt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
+                    ckpt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "step": state.step, "log_rows": logged, "config": cfg.to_dict()}, ck_path)
             if bar is not None:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val": f"{row['val_dsc_mean']:.3f}"} if "val_dsc_mean" in row else {}))
@@ -497,6 +462,7 @@ def _train(
             if on_step is not None:
                 on_step(step)
     finally:
+        batches.close()  # stops the loader's workers
         if bar is not None:
             bar.close()
 
