@@ -72,7 +72,9 @@ class TrainConfig:
     batch_size: int | None = None  # None: planned from the memory budget (plan section)
     patch_size: tuple[int, int, int] | None = None  # voxels, RAS array order (x, y, z); None: planned
     foreground_fraction: float = 0.33  # share of patches centred on a voxel of an annotated class
-    val_every: int = 100  # steps between validations (0 = only at the end)
+    val_every: int = 100  # steps between validations on fixed patches (0: none; training.validation)
+    val_full_every: int = 0  # steps between full sliding-window validations (0: only at the end, always run)
+    val_patches: int = 4  # patches per validation case in the patch validation
     checkpoint_every: int = 50  # steps between checkpoints
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
@@ -174,6 +176,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.patch_size": (1, INF, False, False),
     "train.foreground_fraction": (0, 1, False, False),
     "train.val_every": (0, INF, False, False),
+    "train.val_full_every": (0, INF, False, False),
+    "train.val_patches": (1, INF, False, False),
     "train.checkpoint_every": (1, INF, False, False),
     "train.seed": (0, 2**32 - 1, False, False),
     "train.num_threads": (0, INF, False, False),

@@ -87,9 +87,11 @@ def _curves(runs: dict[str, Path]) -> str:
         loss = np.array([float(r["loss"]) for r in rows])
         k = max(1, len(loss) // 50)
         a.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), label=label)
-        val = [(r["step"], float(r["val_dsc_mean"])) for r in rows if r.get("val_dsc_mean")]
-        if val:
-            b.plot(*zip(*val), marker="o", label=label)
+        # the patch curve during training, the sliding-window validations where there are any
+        for key, ls in (("val_patch_dsc_mean", "--"), ("val_dsc_mean", "-")):
+            val = [(r["step"], float(r[key])) for r in rows if r.get(key)]
+            if val:
+                b.plot(*zip(*val), marker="o", ls=ls, label=f"{label} ({'patches' if 'patch' in key else 'full'})")
     a.set(title="training loss (smoothed)", xlabel="step")
     b.set(title="validation DSC", xlabel="step", ylim=(0, 1))
     for ax in (a, b):

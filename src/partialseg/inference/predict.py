@@ -75,16 +75,17 @@ class Predictor:
         from partialseg.preprocessing import preprocess_image, restore_to_original
 
         arr, meta = preprocess_image(image, self.preprocess, self.stats, self.preprocess.spacing)
-        probs = sliding_window_probabilities(
+        # labels only: streamed per slab, no (C, X, Y, Z) array; probabilities: kept in float16
+        out = sliding_window_probabilities(
             self.net, self.method.probabilities, arr, self.patch_size, overlap=self.overlap, device=self.device, amp=self.amp,
-            amp_cpu=self.amp_cpu,
+            amp_cpu=self.amp_cpu, argmax=not probabilities, dtype=torch.float16,
         ).numpy()
         p = None
         if probabilities:
-            p = restore_to_original(probs, meta, is_label=False)
+            p = restore_to_original(out, meta, is_label=False)
             labels = p.argmax(0)
         else:
-            labels = restore_to_original(probs.argmax(0).astype(np.int16), meta, is_label=True)
+            labels = restore_to_original(out, meta, is_label=True)
         if self.largest_component and postprocess:
             from partialseg.inference.postprocess import keep_largest_components
 

@@ -27,6 +27,47 @@ def autocast_context(device: torch.device, enabled: bool, cpu: bool = False):
     return nullcontext()
 
 
+#: float32 working memory of one slab (MONAI's output and weight buffers, the logits, the probabilities)
+DEFAULT_SLAB_GB = 2.0
+
+
+def z_slabs(size: int, roi: int, overlap: float, max_len: int) -> list[tuple[int, int, int, int]]:
+    """Slabs ``(start, stop, keep_start, keep_stop)`` along an axis of ``size`` voxels, each at most
+    ``max_len`` long (but at least ``3 * roi``), whose kept parts tile ``0 .. size``.
+
+    Exactness: MONAI's windows start at multiples of ``interval = int(roi * (1 - overlap))`` (the last
+    one moved back to end at the border). A slab starting at a multiple of ``interval`` sees, for
+    every voxel at least ``roi`` inside both of its ends (or at a volume border), exactly the windows
+    the whole volume gives it, in the same order; so the kept parts blend to the same values.
+    """
+    interval = max(int(roi * (1 - overlap)), 1)
+    max_len = max(int(max_len), 3 * roi)
+    if size <= max_len:
+        return [(0, size, 0, size)]
+    out = []
+    keep = 0
+    start = 0
+    while True:
+        stop = min(start + max_len, size)
+        keep_stop = size if stop == size else stop - roi
+        out.append((start, stop, keep, keep_stop))
+        if stop == size:
+            return out
+        keep = keep_stop
+        # the next slab: the latest multiple of interval that still reaches ``roi`` below ``keep``
+        start = ((keep - roi) // interval) * interval
+
+
+@torch.no_grad()
+def _window_logits(net: nn.Module, x: Tensor, patch_size: Sequence[int], overlap: float, sw_batch_size: int) -> Tensor:
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(
+        x, roi_size=tuple(int(p) for p in patch_size), sw_batch_size=sw_batch_size, predictor=net,
+        overlap=overlap, mode="gaussian", padding_mode="replicate",
+    )
+
+
 @torch.no_grad()
 def sliding_window_probabilities(
     net: nn.Module,
@@ -39,27 +80,42 @@ def sliding_window_probabilities(
     amp: bool = True,
     amp_cpu: bool = False,
     sw_batch_size: int = 2,
+    argmax: bool = False,
+    dtype: torch.dtype = torch.float32,
+    slab_gb: float = DEFAULT_SLAB_GB,
 ) -> Tensor:
-    """``image`` (1, X, Y, Z) → class probabilities (C, X, Y, Z) float32 on the CPU.
+    """``image`` (1, X, Y, Z) → class probabilities (C, X, Y, Z) on the CPU, in ``dtype``; with
+    ``argmax``, the label map (X, Y, Z) int16 instead.
 
     Logits are blended with a Gaussian window (nnU-Net/MONAI) and converted to probabilities
-    once, after blending. Volumes smaller than the patch are padded by the inferer.
+    once, after blending. Volumes smaller than the patch are padded by the inferer. The volume is
+    processed in slabs along Z (:func:`z_slabs`) so that the float32 working memory stays near
+    ``slab_gb`` whatever the volume's size; with ``argmax`` only the labels of the whole volume are
+    kept, with ``dtype=torch.float16`` the probabilities take half the memory.
     """
-    from monai.inferers import sliding_window_inference
-
     device = torch.device(device)
     # np.array copies: the input is often a read-only memory map
     x = image if isinstance(image, Tensor) else torch.from_numpy(np.array(image, dtype=np.float32))
-    x = x.float()[None].to(device)
+    x = x.float()[None]
     was_training = net.training
     net.eval()
     try:
-        with autocast_context(device, amp, amp_cpu):
-            logits = sliding_window_inference(
-                x, roi_size=tuple(int(p) for p in patch_size), sw_batch_size=sw_batch_size, predictor=net,
-                overlap=overlap, mode="gaussian", padding_mode="replicate",
-            )
-        probs = to_probabilities(logits.float())[0].cpu()
+        out: Tensor | None = None
+        X, Y, Z = x.shape[2:]
+        per_slice = 4 * X * Y * (2 * int(getattr(net, "out_channels", 16)) + 3)
+        slabs = z_slabs(Z, int(patch_size[2]), overlap, int(slab_gb * 2**30 // per_slice))
+        for a, b, ka, kb in slabs:
+            with autocast_context(device, amp, amp_cpu):
+                logits = _window_logits(net, x[..., a:b].to(device), patch_size, overlap, sw_batch_size)
+            probs = to_probabilities(logits.float())[0]
+            del logits
+            part = probs[..., ka - a : kb - a]
+            part = part.argmax(0).to(torch.int16) if argmax else part.to(dtype)
+            if out is None:
+                out = torch.empty((*part.shape[:-1], Z), dtype=part.dtype)
+            out[..., ka:kb] = part.cpu()
+            del probs, part
     finally:
         net.train(was_training)
-    return probs
+    assert out is not None
+    return out

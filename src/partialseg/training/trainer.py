@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -47,6 +46,7 @@ from partialseg.locking import folder_lock
 from partialseg.methods.base import Method, StepContext, TrainingModel, get_method
 from partialseg.training import checkpoint as ckpt
 from partialseg.training import runlog
+from partialseg.training.validation import validate, validate_patches
 
 log = logging.getLogger("partialseg.train")
 
@@ -121,39 +121,8 @@ def split_cases(case_ids: Sequence[str], cfg: ExperimentConfig) -> tuple[list[st
     return train, val
 
 
-def validate(
-    net: nn.Module, method: Method, cases: Sequence[TrainCase], cfg: ExperimentConfig, device: torch.device,
-    evidence: Any = None, spacing: Sequence[float] | None = None,
-) -> dict[str, float]:
-    """Mean DSC per class over validation cases: against the full reference when the dataset has one,
-    otherwise against the partial labels on each case's annotated classes only. ``evidence``: a
-    :class:`~partialseg.inference.postprocess.PostprocessingEvidence` that also scores each case with
-    the largest component per organ (voxel size ``spacing``)."""
-    from partialseg.evaluation.metrics import dice
-    from partialseg.inference.sliding_window import sliding_window_probabilities
-
-    space = method.label_space
-    scores: dict[int, list[float]] = {c: [] for c in range(1, space.num_channels)}
-    for case in cases:
-        probs = sliding_window_probabilities(
-            net, method.probabilities, case.image, cfg.train.patch_size,
-            overlap=cfg.train.sw_overlap, device=device, amp=cfg.train.amp, amp_cpu=cfg.train.amp_cpu,
-        )
-        pred = probs.argmax(0).numpy()
-        if case.reference is not None:
-            ref, classes = np.asarray(case.reference), range(1, space.num_channels)
-        else:
-            ref, classes = np.asarray(case.label), sorted(case.annotated)
-        for c in classes:
-            d = dice(pred == c, ref == c)
-            if not math.isnan(d):  # absent from both: undefined, left out (methods.md, Evaluation)
-                scores[c].append(d)
-        if evidence is not None:
-            evidence.add_case(pred, ref, classes, spacing or (1.0, 1.0, 1.0))
-    out = {f"val_dsc_{space.name(c)}": float(np.mean(v)) for c, v in scores.items() if v}
-    if out:
-        out["val_dsc_mean"] = float(np.mean(list(out.values())))
-    return out
+def _every(step: int, cadence: int | None) -> bool:
+    return bool(cadence) and (step + 1) % int(cadence) == 0  # type: ignore[operator]
 
 
 def write_log(rows: list[dict[str, Any]], run: Path) -> None:
@@ -188,10 +157,13 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None
     a.set_xlabel("step")
     a.set_ylabel("training loss")
     a.legend()
-    val = [(r["step"], r["val_dsc_mean"]) for r in rows if r.get("val_dsc_mean") not in (None, "")]
-    if val:
-        vs, vd = zip(*val)
-        b.plot(vs, vd, "o-", color="C1")
+    for key, style, label in (("val_patch_dsc_mean", "s--", "on fixed patches"), ("val_dsc_mean", "o-", "sliding window")):
+        val = [(r["step"], r[key]) for r in rows if r.get(key) not in (None, "")]
+        if val:
+            vs, vd = zip(*val)
+            b.plot(vs, vd, style, label=label)
+    if b.lines:
+        b.legend()
     b.set_xlabel("step")
     b.set_ylabel("validation mean DSC")
     b.set_ylim(0, 1)
@@ -439,14 +411,18 @@ def _train(
             optimizer.step()
             row: dict[str, Any] = {"step": step + 1, "lr": lr, **parts, "seconds": round(time.perf_counter() - t0, 3)}
             last = step + 1 == total
-            if rank == 0 and val_cases and ((cfg.train.val_every and (step + 1) % cfg.train.val_every == 0) or last):
+            if rank == 0 and val_cases and (_every(step, cfg.train.val_every) or _every(step, cfg.train.val_full_every) or last):
                 if last and cfg.train.postprocessing == "auto":
                     from partialseg.inference.postprocess import PostprocessingEvidence
 
                     evidence = PostprocessingEvidence(space.names)
-                row.update(validate(net, method, val_cases, cfg, device, evidence=evidence if last else None,
-                                    spacing=prepared.config.spacing))
-                log.info("step %d: %s", step + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("val_dsc_mean")))
+                full = last or (cfg.train.val_full_every and (step + 1) % cfg.train.val_full_every == 0)
+                if full:
+                    row.update(validate(net, method, val_cases, cfg, device, evidence=evidence if last else None,
+                                        spacing=prepared.config.spacing))
+                if not last:
+                    row.update(validate_patches(net, method, val_cases, cfg, device))
+                log.info("step %d: %s", step + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith("dsc_mean")))
             state.rows.append(row)
             state.step = step + 1
             if (step + 1) % max(cfg.train.checkpoint_every, 1) == 0 or last:
@@ -457,7 +433,8 @@ def _train(
                     ckpt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "step": state.step, "log_rows": logged, "config": cfg.to_dict()}, ck_path)
             if bar is not None:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val": f"{row['val_dsc_mean']:.3f}"} if "val_dsc_mean" in row else {}))
+                val = row.get("val_dsc_mean", row.get("val_patch_dsc_mean"))
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val": f"{val:.3f}"} if val is not None else {}))
                 bar.update(1)
             if on_step is not None:
                 on_step(step)
