@@ -41,3 +41,38 @@ def test_redirected_stderr_gets_plain_lines(capsys):
         pass
     err = capsys.readouterr().err
     assert "phantom: 2/2 cases (100%)" in err and "\r" not in err
+
+
+def test_quiet_and_verbose_anywhere_on_the_command_line(tmp_path, monkeypatch, capsys):
+    import logging
+
+    import pytest
+
+    from partialseg import cli
+    from partialseg.progress import NORMAL, QUIET, VERBOSE, set_verbosity, verbosity
+
+    assert cli._global_flags_first(["train", "D", "--quiet", "--set", "a=1", "--", "-v"]) == [
+        "--quiet", "train", "D", "--set", "a=1", "--", "-v"]
+
+    def run(*argv):
+        monkeypatch.setattr("sys.argv", ["partialseg", *argv])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        return e.value.code, capsys.readouterr()
+
+    try:
+        code, out = run("synth", str(tmp_path / "a"), "--cases", "1", "--shape", "24,24,20", "--spacing", "16,14,18")
+        assert code == 0 and "wrote 1 cases" in out.out and "phantom" in out.err
+        code, out = run("synth", str(tmp_path / "b"), "--cases", "1", "--shape", "24,24,20", "--spacing", "16,14,18", "--quiet")
+        assert code == 0 and verbosity() == QUIET and out.out == "" and out.err == ""
+        assert (tmp_path / "b" / "dataset.json").exists()
+        code, out = run("-v", "methods")
+        assert code == 0 and verbosity() == VERBOSE and "marginal" in out.out
+        logging.getLogger("partialseg.train").info("step 10: val_dsc_mean=0.5")
+        assert "step 10: val_dsc_mean=0.5" in capsys.readouterr().err
+        code, out = run("methods", "-q", "-v")
+        assert code != 0 and "exclude each other" in out.err
+    finally:
+        set_verbosity(NORMAL)
+    logging.getLogger("partialseg.train").info("not shown")
+    assert "not shown" not in capsys.readouterr().err

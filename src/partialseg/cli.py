@@ -33,6 +33,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 warnings.showwarning = _show_warning
 
 
+@app.callback()
+def _options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no informational messages; warnings and errors only.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print partialseg's log lines (validation scores, cache, rounds) to stderr.")] = False,
+) -> None:
+    """Train one multi-organ CT segmentation model from partially labelled data."""
+    from partialseg.progress import NORMAL, QUIET, VERBOSE, set_verbosity
+
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
+    set_verbosity(QUIET if quiet else VERBOSE if verbose else NORMAL)
+
+
+def _say(message: str) -> None:
+    """An informational line (what was written where): silent under ``--quiet``; a command's own
+    output (tables, summaries) goes through ``typer.echo``."""
+    from partialseg.progress import QUIET, verbosity
+
+    if verbosity() > QUIET:
+        typer.echo(message)
+
+
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -67,7 +89,7 @@ def synth(
         path = synthesize_dataset(out, cases=cases, seed=seed, config=cfg, modality=modality)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"wrote {cases} cases to {path}")
+    _say(f"wrote {cases} cases to {path}")
 
 
 def _triple(text: str, kind: type, flag: str) -> tuple:
@@ -97,7 +119,7 @@ def simulate(
         path = simulate_partial_labels(dataset, out, keep=keep, seed=seed, mode=mode, groups_file=groups, balance=balance)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"wrote partially labelled dataset to {path}")
+    _say(f"wrote partially labelled dataset to {path}")
 
 
 @app.command()
@@ -118,7 +140,7 @@ def convert(
         written = run_convert(format, src, out, keep_tumours=keep_tumours, **extra)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"wrote {written}")
+    _say(f"wrote {written}")
 
 
 @app.command()
@@ -133,7 +155,7 @@ def merge(
         path = merge_datasets(mapping, out)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"wrote merged dataset to {path}")
+    _say(f"wrote merged dataset to {path}")
 
 
 @app.command()
@@ -207,7 +229,7 @@ def plan(
                f"train.batch_size={planned.train.batch_size}")
     if out is not None:
         write_json_atomic({"fingerprint": d, "plan": None if result is None else result.to_dict()}, out)
-        typer.echo(f"wrote {out}")
+        _say(f"wrote {out}")
 
 
 @app.command()
@@ -227,7 +249,7 @@ def prepare(
         path = prepare_dataset(dataset, out, cfg)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"wrote preprocessed cache to {path}")
+    _say(f"wrote preprocessed cache to {path}")
 
 
 @app.command()
@@ -252,7 +274,7 @@ def evaluate(
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(format_table(result))
-    typer.echo(f"wrote {out}")
+    _say(f"wrote {out}")
 
 
 @app.command()
@@ -288,7 +310,7 @@ def train(
         model = run_training(dataset, out, cfg, resume=resume)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"model saved to {model}")
+    _say(f"model saved to {model}")
 
 
 @app.command()
@@ -307,7 +329,7 @@ def finetune(
         model = run_finetune(run, dataset, out, method=method, overrides=set_ or [], resume=resume)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"model saved to {model}")
+    _say(f"model saved to {model}")
 
 
 @app.command()
@@ -328,7 +350,7 @@ def predict(
                                  postprocess=postprocess)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"wrote {len(written)} label maps to {out_dir}")
+    _say(f"wrote {len(written)} label maps to {out_dir}")
 
 
 @app.command()
@@ -377,7 +399,7 @@ def benchmark(
         _fail(e)
     typer.echo((result.out / "benchmark.md").read_text())
     if report is not None:
-        typer.echo(f"report: {report}")
+        _say(f"report: {report}")
 
 
 @app.command()
@@ -399,7 +421,7 @@ def demo(
     except (PartialsegError, OSError) as e:
         _fail(e)
     typer.echo(summary(result))
-    typer.echo(f"report: {report}")
+    _say(f"report: {report}")
 
 
 @app.command()
@@ -414,7 +436,7 @@ def report(
         written = write_report(path, out)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"wrote {written}")
+    _say(f"wrote {written}")
 
 
 @app.command()
@@ -430,7 +452,7 @@ def pseudolabel(
         path = export_pseudo_labels(run, dataset, out)
     except (PartialsegError, OSError) as e:
         _fail(e)
-    typer.echo(f"wrote pseudo-labelled dataset to {path}")
+    _say(f"wrote pseudo-labelled dataset to {path}")
 
 
 @app.command("segment-box")
@@ -459,12 +481,23 @@ def segment_box(
                                padding=padding, overwrite=overwrite, **options)
     except (PartialsegError, OSError, ValueError) as e:
         _fail(e)
-    typer.echo(f"wrote {res.path} ({res.voxels} voxels, {res.seconds:.1f} s)")
+    _say(f"wrote {res.path} ({res.voxels} voxels, {res.seconds:.1f} s)")
+
+
+_GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v")
+
+
+def _global_flags_first(argv: list[str]) -> list[str]:
+    """``partialseg train ... --quiet`` as well as ``partialseg --quiet train ...``: the global flags
+    may stand anywhere before a ``--``."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in _GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in _GLOBAL_FLAGS] + argv[end:]
 
 
 def main() -> None:
     try:
-        app()
+        app(args=_global_flags_first(sys.argv[1:]), prog_name="partialseg")
     except PartialsegError as e:  # errors raised outside a command's own handler
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         sys.exit(2)

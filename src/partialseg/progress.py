@@ -5,10 +5,15 @@ megabytes of redraws. :func:`progress` gives the bar only when standard error is
 otherwise :class:`LineProgress` writes one line per ~5 % of the work (and at least every
 ``PLAIN_EVERY_S`` seconds) with the count, rate, ETA and the latest postfix values, and a last line
 when the work ends.
+
+:func:`set_verbosity` is what ``partialseg --quiet`` / ``--verbose`` set: quiet turns progress and
+informational messages off (warnings and errors stay), verbose also copies partialseg's log lines
+(``RUN/train.log``: validation scores, cache waits, IPnP rounds) to standard error.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -16,6 +21,30 @@ from typing import Any, TextIO
 
 #: the longest a plain progress log stays silent while work goes on
 PLAIN_EVERY_S = 60.0
+
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+_verbosity = NORMAL
+_stderr_handler: logging.Handler | None = None
+
+
+def set_verbosity(level: int) -> None:
+    """``QUIET`` (-1), ``NORMAL`` (0) or ``VERBOSE`` (1) for this process."""
+    global _verbosity, _stderr_handler
+    _verbosity = max(QUIET, min(VERBOSE, int(level)))
+    logger = logging.getLogger("partialseg")
+    if _stderr_handler is not None:
+        logger.removeHandler(_stderr_handler)
+        logger.setLevel(logging.NOTSET)
+        _stderr_handler = None
+    if _verbosity >= VERBOSE:
+        _stderr_handler = logging.StreamHandler(sys.stderr)
+        _stderr_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(_stderr_handler)
+        logger.setLevel(logging.DEBUG)
+
+
+def verbosity() -> int:
+    return _verbosity
 
 
 def _clock(seconds: float) -> str:
@@ -92,14 +121,15 @@ class LineProgress:
 def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None, initial: int = 0, desc: str = "",
              unit: str = "it", enabled: bool = True, leave: bool = True) -> Any:
     """A tqdm bar in a terminal, :class:`LineProgress` when standard error is redirected, or nothing
-    (``enabled=False``: the iterable itself, or a silent tqdm for ``update`` calls)."""
+    (``enabled=False`` or :func:`set_verbosity` quiet: the iterable itself, or a silent tqdm for
+    ``update`` calls)."""
     from tqdm.auto import tqdm
 
-    if not enabled:
+    if not enabled or _verbosity <= QUIET:
         return tqdm(iterable, total=total, initial=initial, disable=True)
     if sys.stderr.isatty():
         return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
     return LineProgress(iterable, total=total, initial=initial, desc=desc, unit=unit)
 
 
-__all__ = ["PLAIN_EVERY_S", "LineProgress", "progress"]
+__all__ = ["NORMAL", "PLAIN_EVERY_S", "QUIET", "VERBOSE", "LineProgress", "progress", "set_verbosity", "verbosity"]
