@@ -124,19 +124,24 @@ def simulate(
 
 @app.command()
 def convert(
-    format: Annotated[str, typer.Argument(help="Source layout: msd (an MSD CT task folder), kits (a KiTS19/21 data folder), btcv (img/ and label/), amos (AMOS22), totalseg (TotalSegmentator v2), word, flare22 or named (a dataset.json naming its labels).")],
+    format: Annotated[str, typer.Argument(help="Source layout: msd (an MSD CT task folder), kits (a KiTS19/21 data folder), btcv (img/ and label/), amos (AMOS22), totalseg (TotalSegmentator v2), chaos (CHAOS Train_Sets: DICOM series + PNG masks), word, flare22 or named (a dataset.json naming its labels).")],
     src: Annotated[Path, typer.Argument(help="The collection's folder, as downloaded.")],
     out: Annotated[Path, typer.Argument(help="New dataset folder (nnU-Net v2 raw layout, registry class names).")],
     keep_tumours: Annotated[bool, typer.Option(help="Keep tumour (and cyst) labels as classes instead of merging them into their organ.")] = False,
-    modality: Annotated[str, typer.Option(help="amos only: convert its CT scans or its MR scans.")] = "CT",
+    modality: Annotated[str, typer.Option(help="amos and chaos only: convert its CT scans or its MR scans.")] = "CT",
+    sequence: Annotated[Optional[str], typer.Option(help="chaos MR only: T2SPIR (default), T1DUAL_in or T1DUAL_out.")] = None,
 ) -> None:
     """Convert a public collection to a partialseg dataset (annotated classes and case groups filled in)."""
     from partialseg.data.convert import convert as run_convert
 
     try:
-        if modality != "CT" and format != "amos":
-            raise PartialsegError(f"--modality applies to amos only ({format} is CT)")
-        extra = {"modality": modality} if format == "amos" else {}
+        if modality != "CT" and format not in ("amos", "chaos"):
+            raise PartialsegError(f"--modality applies to amos and chaos only ({format} is CT)")
+        if sequence is not None and format != "chaos":
+            raise PartialsegError(f"--sequence applies to chaos only, not {format}")
+        extra: dict = {"modality": modality} if format in ("amos", "chaos") else {}
+        if sequence is not None:
+            extra["sequence"] = sequence
         written = run_convert(format, src, out, keep_tumours=keep_tumours, **extra)
     except (PartialsegError, OSError) as e:
         _fail(e)

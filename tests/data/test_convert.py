@@ -92,7 +92,7 @@ def test_msd_bad_input_names_the_file(tmp_path):
     with pytest.raises(InputError, match="dataset.json"):
         convert("msd", tmp_path / "nothing_here", tmp_path / "o4")
     with pytest.raises(PartialsegError, match="unknown format"):
-        convert("chaos", src, tmp_path / "o5")
+        convert("no_such_format", src, tmp_path / "o5")
 
 
 def test_kits_kidneys_split_by_world_side_and_test_cases_skipped(tmp_path):

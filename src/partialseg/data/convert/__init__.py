@@ -18,6 +18,7 @@ CONVERTERS: dict[str, tuple[str, str]] = {
     "btcv": ("partialseg.data.convert.btcv", "convert_btcv"),
     "amos": ("partialseg.data.convert.amos", "convert_amos"),
     "totalseg": ("partialseg.data.convert.totalseg", "convert_totalseg"),
+    "chaos": ("partialseg.data.convert.chaos", "convert_chaos"),
     "word": ("partialseg.data.convert.named", "convert_named"),
     "flare22": ("partialseg.data.convert.named", "convert_named"),
     "named": ("partialseg.data.convert.named", "convert_named"),
