@@ -137,7 +137,17 @@ def test_options_validation():
         IPnPOptions(pseudo_source="oracle")
 
 
-def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
+def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space, monkeypatch):
+    from partialseg.training import trainer
+
+    seen_labels = []
+    real_train = trainer.train
+
+    def recording_train(*a, cases=None, **kw):
+        seen_labels.extend(type(c.label) for c in cases or [])
+        return real_train(*a, cases=cases, **kw)
+
+    monkeypatch.setattr(trainer, "train", recording_train)
     ds = write_block_dataset(tmp_path / "blocks", small_space, n_cases=4,
                              annotated={"case_000": ["liver"], "case_001": ["spleen", "kidney_left"]})
     before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
@@ -152,6 +162,11 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space):
     for d in ("round_0", "round_1", "round_2"):
         assert (run / d / "model.pt").exists()
     assert (run / "model.pt").exists()
+    # streamed: every round's label maps on disk, memory-mapped by training (none held in RAM)
+    assert len(seen_labels) == 8 and all(issubclass(t, np.memmap) for t in seen_labels)
+    for r in (1, 2):
+        names = {p.name for p in (run / "pseudo" / f"round_{r}").iterdir()}
+        assert {f"case_{i:03d}.{e}" for i in range(4) for e in ("npy", "json")} <= names and not any(n.endswith(".npz") for n in names)
     dec = json.loads((run / "pseudo" / "round_1" / "decisions.json").read_text())
     assert set(dec) == {f"case_{i:03d}" for i in range(4)}
     assert set(dec["case_000"]) == {"spleen", "kidney_right", "kidney_left"}  # exactly the unannotated organs

@@ -31,7 +31,7 @@ def last_pseudo_round(run: Path) -> Path:
 def export_pseudo_labels(run: str | Path, dataset: str | Path, out: str | Path, *, progress: bool = True) -> Path:
     from partialseg.preprocessing import PreparedDataset, restore_to_original
     from partialseg.progress import progress as progress_bar
-    from partialseg.pseudolabel.store import load_pseudo
+    from partialseg.pseudolabel.store import has_pseudo, load_pseudo
 
     run, out = Path(run), Path(out)
     ds = PartialDataset.load(dataset)
@@ -50,10 +50,9 @@ def export_pseudo_labels(run: str | Path, dataset: str | Path, out: str | Path, 
             image = case.load_image()
             label = case.load_label(ds.label_space, image)
             merged = label.array.copy()
-            f = pdir / f"{case.case_id}.npz"
             pseudo: frozenset[int] = frozenset()
-            if f.exists():
-                pp_label, pseudo, _ = load_pseudo(f)
+            if has_pseudo(pdir, case.case_id):
+                pp_label, pseudo, _ = load_pseudo(pdir, case.case_id)
                 meta = prepared.case(case.case_id).meta
                 restored = restore_to_original(pp_label.astype(np.int16), meta, is_label=True)
                 fill = (merged == 0) & np.isin(restored, sorted(pseudo))

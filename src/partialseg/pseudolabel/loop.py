@@ -4,7 +4,8 @@ Run folder of an ``ipnp`` training::
 
     RUN/round_0/                 specialist trained on the partial labels (an ordinary run folder, or the
                                  files of the finished run given as ``specialist_run``)
-    RUN/pseudo/round_<r>/<case>.npz   pseudo-full label map of round r (preprocessed grid), pseudo classes
+    RUN/pseudo/round_<r>/<case>.npy   pseudo-full label map of round r (preprocessed grid; memory-mapped by
+                                 training), <case>.json its pseudo classes and their entropies
     RUN/pseudo/round_<r>/decisions.json  per case and organ: accepted / rejected and why, voxels, entropy
     RUN/pseudo/round_<r>/sources.json    with pseudo_source="auto": each organ's source and the gate's evidence
     RUN/round_<r>/                    the specialist retrained on annotations + pseudo-labels (VLS loss)
@@ -14,6 +15,11 @@ Run folder of an ``ipnp`` training::
 
 Every round is resumable: finished rounds are skipped, a killed retraining resumes from its checkpoint.
 Pseudo-labels live in the run folder only; the user's files are never touched.
+
+Memory: a round streams its cases. Each case's probabilities, HU copy and candidate masks live only
+while that case is pseudo-labelled; its label map goes to disk and training memory-maps it; the
+entropy rule's "previous pseudo-label" is read back from the last round's file. What stays in RAM for
+the whole round is per case a few numbers (entropies, decisions) and its sampled foreground locations.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differenc
 from partialseg.errors import InputError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.pseudolabel.refine import Decision, assemble, entropy, entropy_rule, prompt_mask, refine
-from partialseg.pseudolabel.store import load_pseudo, save_pseudo
+from partialseg.pseudolabel.store import has_pseudo, load_pseudo, save_pseudo
 
 log = logging.getLogger("partialseg.ipnp")
 
@@ -253,7 +259,6 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     generalist = build_generalist(opts.generalist, **gopts)
     all_ids = [c.case_id for c in prepared.cases]
     quality_rows: list[dict[str, Any]] = []
-    previous: dict[str, dict[int, tuple[np.ndarray, float]]] = {cid: {} for cid in all_ids}
 
     for r in range(1, opts.rounds + 1):
         rdir = run / f"round_{r}"
@@ -281,27 +286,26 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
         decisions_all: dict[str, dict[str, Any]] = {}
         cases: list[TrainCase] = []
         for base in progress_bar(train_cases, desc=f"ipnp round {r}: pseudo-labels", unit="case", enabled=progress):
-            f = pseudo_dir / f"{base.case_id}.npz"
             probs = None
             if opts.pseudo_source == "none":  # the step control: no prediction, no pseudo-label
-                label, pseudo, ent = np.asarray(base.label), frozenset(), {}
+                label, pseudo = base.label, frozenset()
                 decisions_all[base.case_id] = {}
-            elif f.exists():
-                label, pseudo, ent = load_pseudo(f)
-                decisions_all[base.case_id] = saved_decisions.get(base.case_id, {})
             else:
-                probs = case_probs(base)
-                hu = hounsfield(base.image, prepared.config, prepared.stats)
-                spacing = prepared.case(base.case_id).meta.spacing
-                masks, decisions, ent = pseudo_label_case(
-                    probs, np.asarray(base.label), base.annotated, hu, spacing, generalist, opts,
-                    round_index=r, previous=previous[base.case_id], sources=sources,
-                )
-                label = assemble(np.asarray(base.label), masks, probs)
-                pseudo = frozenset(k for k, m in masks.items() if m.any())
-                save_pseudo(f, label, pseudo, ent)
-                decisions_all[base.case_id] = {space.name(k): asdict(d) for k, d in decisions.items()}
-            previous[base.case_id] = {k: (label == k, e) for k, e in ent.items() if k in pseudo}
+                if not has_pseudo(pseudo_dir, base.case_id):
+                    probs = case_probs(base)
+                    hu = hounsfield(base.image, prepared.config, prepared.stats)
+                    spacing = prepared.case(base.case_id).meta.spacing
+                    masks, decisions, ent = pseudo_label_case(
+                        probs, np.asarray(base.label), base.annotated, hu, spacing, generalist, opts,
+                        round_index=r, previous=previous_pseudo(run / "pseudo" / f"round_{r - 1}", base.case_id), sources=sources,
+                    )
+                    del hu
+                    label = assemble(np.asarray(base.label), masks, probs)
+                    save_pseudo(pseudo_dir, base.case_id, label, frozenset(k for k, m in masks.items() if m.any()), ent)
+                    saved_decisions[base.case_id] = {space.name(k): asdict(d) for k, d in decisions.items()}
+                    del masks, label
+                label, pseudo, _ = load_pseudo(pseudo_dir, base.case_id)
+                decisions_all[base.case_id] = saved_decisions.get(base.case_id, {})
             locs = dict(base.class_locations)
             locs.update(class_locations(label, pseudo, seed=r))
             cases.append(TrainCase(base.case_id, base.image, label, base.annotated, locs, base.reference, pseudo, base.pad_value))
@@ -313,6 +317,8 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
                 for k in pseudo:
                     quality_rows.append({"round": r, "case": base.case_id, "organ": space.name(k),
                                          **pseudo_label_quality(label == k, argmax == k, ref == k)})
+                del argmax
+            del probs
         write_json_atomic(decisions_all, pseudo_dir / "decisions.json")
         _write_quality(run, quality_rows, decisions_rounds(run, opts.rounds), space)
         if not (rdir / ckpt.MODEL_FILE).exists():
@@ -328,6 +334,15 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
         shutil.copyfile(last, tmp)
         tmp.replace(final)
     return final
+
+
+def previous_pseudo(folder: Path, case_id: str) -> dict[int, tuple[np.ndarray, float]]:
+    """The entropy rule's memory of one case: class → (mask, mean entropy) of the pseudo-labels the last
+    round kept (read from its file; none in round 1 or for the step control)."""
+    if not has_pseudo(folder, case_id):
+        return {}
+    label, pseudo, ent = load_pseudo(folder, case_id)
+    return {k: (np.asarray(label == k), e) for k, e in ent.items() if k in pseudo}
 
 
 def _train_boxnet(out: Path, r0: Path, prepared: Any, cfg: ExperimentConfig, opts: Any, progress: bool) -> Path:

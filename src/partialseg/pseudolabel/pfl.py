@@ -7,7 +7,7 @@ Run folder (every stage resumes; a finished stage is skipped)::
     RUN/config.yaml
     RUN/teachers.json             the teachers: organs and training cases
     RUN/teachers/teacher_<i>/     one ordinary training run each (marginal loss on its cases)
-    RUN/pseudo/round_1/<case>.npz the merged label maps (``partialseg export-pseudo`` reads them)
+    RUN/pseudo/round_1/<case>.npy, .json the merged label maps (``partialseg export-pseudo`` reads them)
     RUN/student/                  the multi-class network on the pseudo-full labels
     RUN/model.pt                  the student's model
 
@@ -30,7 +30,7 @@ import numpy as np
 from partialseg.config import ExperimentConfig
 from partialseg.errors import InputError, PartialsegError
 from partialseg.io import read_json, write_json_atomic
-from partialseg.pseudolabel.store import load_pseudo, save_pseudo
+from partialseg.pseudolabel.store import has_pseudo, load_pseudo, save_pseudo
 
 log = logging.getLogger("partialseg.pfl")
 
@@ -182,12 +182,11 @@ def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: A
     student_cases: list[TrainCase] = []
     counts: dict[str, int] = {}
     for base in progress_bar(cases, desc="pfl: pseudo-full labels", unit="case", enabled=progress):
-        f = pseudo_dir / f"{base.case_id}.npz"
         # every organ a teacher labels counts as labelled in the student's loss, also where the
         # teacher finds nothing (the paper trains the student on the merged maps as full labels)
         labelled = frozenset(k for k in chosen if k not in base.annotated)
-        if f.exists():
-            label, labelled, _ = load_pseudo(f)
+        if has_pseudo(pseudo_dir, base.case_id):
+            label, labelled, _ = load_pseudo(pseudo_dir, base.case_id)
         else:
             candidates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             for t in {chosen[k].name: chosen[k] for k in labelled}.values():
@@ -200,7 +199,8 @@ def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: A
                 ).numpy()
                 candidates |= {k: v for k, v in teacher_candidates(probs, t.organs).items() if k in labelled and chosen[k] is t}
             label, _ = merge_pseudo_full(np.asarray(base.label), base.annotated, candidates)
-            save_pseudo(f, label, labelled)
+            save_pseudo(pseudo_dir, base.case_id, label, labelled)
+            label = load_pseudo(pseudo_dir, base.case_id)[0]  # the memory map: no label map of any case stays in RAM
         for k in labelled:
             if np.any(label == k):
                 counts[space.name(k)] = counts.get(space.name(k), 0) + 1

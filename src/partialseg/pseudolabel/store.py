@@ -1,6 +1,11 @@
-"""Pseudo-labelled cases on disk: one compressed ``.npz`` per case (the label map, the classes whose
-labels are pseudo-labels, and per-class entropies where a method keeps them), written atomically so
-that a killed run resumes from the cases it finished."""
+"""Pseudo-labelled cases on disk, one per case and round, so that a round holds no label map in RAM.
+
+``<case>.npy`` is the pseudo-full label map (preprocessed grid, uncompressed so that training
+memory-maps it as it does the cache's labels); ``<case>.json`` names the classes whose labels are
+pseudo-labels and, where a method keeps them, their mean entropies. The JSON is written last and
+atomically: it marks the case as done, so a killed run resumes from the cases it finished. Folders of
+runs from before this layout (one compressed ``<case>.npz``) are still read.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,45 @@ from pathlib import Path
 
 import numpy as np
 
-
-def save_pseudo(path: Path, label: np.ndarray, pseudo: frozenset[int], ent: dict[int, float] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, label=label, pseudo=np.array(sorted(pseudo), dtype=np.int16), entropies=json.dumps(ent or {}))
-    tmp.replace(path)
+from partialseg.errors import InputError
 
 
-def load_pseudo(path: Path) -> tuple[np.ndarray, frozenset[int], dict[int, float]]:
-    with np.load(path, allow_pickle=False) as z:
-        ent = json.loads(str(z["entropies"]))
-        return z["label"], frozenset(int(c) for c in z["pseudo"]), {int(k): float(v) for k, v in ent.items()}
+def _paths(folder: Path, case_id: str) -> tuple[Path, Path, Path]:
+    return folder / f"{case_id}.npy", folder / f"{case_id}.json", folder / f"{case_id}.npz"
 
 
-__all__ = ["load_pseudo", "save_pseudo"]
+def has_pseudo(folder: Path, case_id: str) -> bool:
+    _, meta, legacy = _paths(Path(folder), case_id)
+    return meta.exists() or legacy.exists()
+
+
+def save_pseudo(folder: Path, case_id: str, label: np.ndarray, pseudo: frozenset[int], ent: dict[int, float] | None = None) -> Path:
+    """Write one case's pseudo-full label map (any integer dtype is kept) and its classes; returns the ``.npy``."""
+    npy, meta, _ = _paths(Path(folder), case_id)
+    tmp = npy.with_name(f".{npy.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(label))
+    tmp.replace(npy)
+    tmp = meta.with_name(f".{meta.name}.tmp")
+    tmp.write_text(json.dumps({"pseudo": sorted(int(c) for c in pseudo), "entropies": {str(k): float(v) for k, v in (ent or {}).items()}}))
+    tmp.replace(meta)
+    return npy
+
+
+def load_pseudo(folder: Path, case_id: str) -> tuple[np.ndarray, frozenset[int], dict[int, float]]:
+    """(label map, read-only memory map; pseudo-labelled classes; class → mean entropy)."""
+    npy, meta, legacy = _paths(Path(folder), case_id)
+    try:
+        if meta.exists():
+            d = json.loads(meta.read_text())
+            return (np.load(npy, mmap_mode="r"), frozenset(int(c) for c in d["pseudo"]),
+                    {int(k): float(v) for k, v in d["entropies"].items()})
+        with np.load(legacy, allow_pickle=False) as z:
+            ent = json.loads(str(z["entropies"]))
+            return z["label"], frozenset(int(c) for c in z["pseudo"]), {int(k): float(v) for k, v in ent.items()}
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise InputError(meta if meta.exists() else legacy, f"cannot read the pseudo-label ({type(e).__name__}: {e}); "
+                         "delete it to have it made again") from None
+
+
+__all__ = ["has_pseudo", "load_pseudo", "save_pseudo"]
