@@ -85,6 +85,22 @@ def test_input_pads_with_air_outside_the_image():
     assert x[1].sum() == 16 and x[1, 6:10, 2:6, 4].all()  # the box moved by the window origin
 
 
+def test_lazy_hounsfield_view_gives_the_same_input_as_a_hu_copy():
+    from types import SimpleNamespace
+
+    from partialseg.pseudolabel.loop import HounsfieldView, hounsfield
+
+    rng = np.random.default_rng(1)
+    prepared = rng.uniform(0, 1, (1, 10, 9, 8)).astype(np.float32)  # "tct" normalisation: HU clipped, scaled to [0, 1]
+    cfg = SimpleNamespace(normalization="tct", clip=(-325.0, 325.0))
+    view, hu = HounsfieldView(prepared, cfg, None), hounsfield(prepared, cfg, None)
+    assert view.shape == (10, 9, 8) and np.array_equal(view[2:5, :, 3], hu[2:5, :, 3]) and np.array_equal(np.asarray(view), hu)
+    p = BoxPrompt(2, 4, (2, 2, 4), (6, 6, 5))
+    for origin in ((-4, 0, 0), (3, 2, 1)):
+        np.testing.assert_array_equal(boxnet_input(view, [p], origin, (16, 8, 8), (-250.0, 350.0)),
+                                      boxnet_input(hu, [p], origin, (16, 8, 8), (-250.0, 350.0)))
+
+
 def _cube_cases(n: int = 3) -> list[BoxNetCase]:
     rng = np.random.default_rng(0)
     cases = []

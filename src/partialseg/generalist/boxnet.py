@@ -133,7 +133,8 @@ def boxnet_input(image_hu: np.ndarray, prompts: Sequence[BoxPrompt], origin: Seq
     from partialseg.training.sampling import crop_with_padding
 
     lo, hi = float(hu_window[0]), float(hu_window[1])
-    img = crop_with_padding(np.asarray(image_hu, dtype=np.float32), origin, size, pad_value=-1000.0)
+    # crop first: ``image_hu`` may be a memory map or a lazy HU view (pseudolabel.loop.HounsfieldView)
+    img = crop_with_padding(image_hu, origin, size, pad_value=-1000.0).astype(np.float32, copy=False)
     img = (np.clip(img, lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
     boxes = prompt_channels(size, prompts, origin)
     return np.concatenate([img[None].astype(np.float32), boxes], axis=0)
@@ -224,12 +225,12 @@ def train_boxnet(
     ``boxnet.pt`` trained with the same settings and spacing is returned as is (another is refused).
     """
     import torch
-    from partialseg.progress import progress as progress_bar
 
+    from partialseg import losses as L
     from partialseg.inference.sliding_window import autocast_context
     from partialseg.io import write_json_atomic
+    from partialseg.progress import progress as progress_bar
     from partialseg.training import checkpoint as ckpt
-    from partialseg import losses as L
     from partialseg.training.trainer import lr_at, plot_curves, resolve_device, write_log
 
     cfg = cfg or BoxNetConfig()

@@ -58,6 +58,25 @@ def hounsfield(image: np.ndarray, preprocess: Any, stats: Any) -> np.ndarray:
     return x * np.float32(max(stats.std, 1e-8)) + np.float32(stats.mean)
 
 
+class HounsfieldView:
+    """:func:`hounsfield` of a prepared image ``(1, X, Y, Z)`` computed per crop: ``view[sl]`` gives HU of
+    that region only, so a generalist trained on many cases holds no HU copy of any (``np.asarray``
+    materialises the whole volume)."""
+
+    def __init__(self, image: np.ndarray, preprocess: Any, stats: Any) -> None:
+        self.image, self.preprocess, self.stats = image, preprocess, stats
+        self.shape = tuple(image.shape[1:])
+        self.ndim, self.dtype = 3, np.dtype(np.float32)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        return hounsfield(np.asarray(self.image[0][index])[None], self.preprocess, self.stats)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = hounsfield(self.image, self.preprocess, self.stats)
+        return out if dtype is None else out.astype(dtype)
+
+
 SOURCES = ("generalist", "specialist")
 
 
@@ -354,9 +373,9 @@ def _train_boxnet(out: Path, r0: Path, prepared: Any, cfg: ExperimentConfig, opt
     done = existing_boxnet(out, bcfg, prepared.config.spacing)
     if done is not None:  # a resumed run: no need to load the cases
         return done
-    # HU copies of the training cases in memory (~14 MB per 192x192x100 case)
+    # memory-mapped images, HU computed per crop: no case is copied into RAM
     ids = json.loads((r0 / "split.json").read_text())["train"]
-    cases = [BoxNetCase(hounsfield(c.image, prepared.config, prepared.stats), np.asarray(c.label), c.annotated, c.case_id)
+    cases = [BoxNetCase(HounsfieldView(c.image, prepared.config, prepared.stats), c.label, c.annotated, c.case_id)
              for c in load_train_cases(prepared, ids)]
     return train_boxnet(cases, out, prepared.config.spacing, bcfg, device=cfg.train.device, amp=cfg.train.amp,
                         amp_cpu=cfg.train.amp_cpu, progress=progress)
