@@ -9,7 +9,7 @@ tile of the patch that fits 80 % of a 32 KiB L1 cache, the chunk a tiling of blo
 ``.b2nd`` decompresses only the blocks the patch touches. This script measures both on CT-like
 volumes, in one process:
 
-- N cases of 512×512×160 at 0.8×0.8×2.5 mm: partialseg's own phantom (``data.phantom``, oversample 1,
+- N cases of 512×512×160 at 0.8×0.8×2.5 mm: partialseg's own phantom (``partialseg.synthetic``, oversample 1,
   1 mm blur, its default noise: 15 HU sd scaled per case by 0.75–1.3, plus its tissue textures) or,
   with ``--body simple``, an ellipse of 40 HU soft tissue with ellipsoid organs and a 700 HU spine in
   -1000 HU air, Gaussian noise of ``--noise`` HU sd everywhere, rounded to whole HU. Intensities are normalised with
@@ -176,7 +176,7 @@ def main() -> None:
     for i in range(args.cases):
         t = time.perf_counter()
         if args.body == "phantom":
-            from partialseg.data.phantom import PhantomConfig, make_phantom
+            from partialseg.synthetic import PhantomConfig, make_phantom
 
             ph = make_phantom(args.seed + i, PhantomConfig(shape=shape, spacing=tuple(args.spacing), oversample=1, blur_mm=1.0))
             hu, lab = ph.image.astype(np.float32), ph.labels.astype(np.int16)

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from partialseg.data.phantom import PRESETS, case_seed, make_phantom
 from partialseg.evaluation.metrics import dice
 from partialseg.generalist import box_prompts_from_mask, build_generalist
 from partialseg.registry import AMOS15
+from partialseg.synthetic import PRESETS, case_seed, make_phantom
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_example"
 

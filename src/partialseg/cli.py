@@ -71,7 +71,7 @@ def synth(
     modality: Annotated[str, typer.Option(help="'CT' (Hounsfield units) or 'MR' (T1-like contrast, bias field, noise; normalised per image).")] = "CT",
 ) -> None:
     """Write a synthetic abdominal CT (or MR-like) dataset (15 AMOS organs, fully labelled) in the nnU-Net v2 layout."""
-    from partialseg.data.phantom import PRESETS, synthesize_dataset
+    from partialseg.synthetic import PRESETS, synthesize_dataset
 
     try:
         if preset not in PRESETS:

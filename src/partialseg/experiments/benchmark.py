@@ -280,8 +280,6 @@ def run_benchmark(
     fully labelled 15-organ target and compared with training it from scratch
     (:mod:`partialseg.experiments.transfer`; tables in ``OUT/transfer/``).
     """
-    from partialseg.data.phantom import PRESETS as PHANTOMS
-    from partialseg.data.phantom import synthesize_dataset
     from partialseg.data.simulate import (
         BALANCES,
         TCT_GROUP_CASES,
@@ -291,6 +289,8 @@ def run_benchmark(
     )
     from partialseg.methods import get_method
     from partialseg.methods.ipnp import is_ipnp
+    from partialseg.synthetic import PRESETS as PHANTOMS
+    from partialseg.synthetic import synthesize_dataset
 
     if isinstance(preset, str) and preset not in PRESETS:
         raise PartialsegError(f"unknown benchmark preset {preset!r}; choose from {sorted(PRESETS)}")

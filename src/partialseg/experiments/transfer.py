@@ -41,7 +41,6 @@ def run_transfer(
     ``finetune_overrides`` apply over each source run's own configuration (the benchmark's ``--set``
     and the step budget, which should equal the scratch run's).
     """
-    from partialseg.data.phantom import synthesize_dataset
     from partialseg.evaluation.evaluate import evaluate_folders
     from partialseg.experiments.benchmark import (
         RUN_LABEL_FILE,
@@ -53,6 +52,7 @@ def run_transfer(
         write_benchmark_tables,
     )
     from partialseg.inference.predict import predict_folder
+    from partialseg.synthetic import synthesize_dataset
     from partialseg.training.checkpoint import MODEL_FILE
     from partialseg.training.finetune import finetune
 

@@ -24,6 +24,3 @@ def mr_intensities(hu: np.ndarray, seed: int) -> np.ndarray:
     out = np.abs(noisy)
     out[hu < -500] = 0.0  # the scanner's background outside the body
     return out.astype(np.float32)
-
-
-__all__ = ["mr_intensities"]
