@@ -243,15 +243,17 @@ def prepare(
     out: Annotated[Path, typer.Argument(help="New folder for the preprocessed cache.")],
     spacing: Annotated[Optional[str], typer.Option(help="Target spacing in mm, e.g. 5,5,5 (default: the dataset's median).")] = None,
     normalization: Annotated[str, typer.Option(help="'tct' (clip HU to [-1024,1024], scale to [0,1]) or 'nnunet' (CT percentile clip + z-score).")] = "tct",
+    storage: Annotated[str, typer.Option(help="'blosc2' (compressed, nnU-Net v2's format) or 'npy' (memory maps).")] = "blosc2",
+    workers: Annotated[int, typer.Option(min=0, help="Processes (0: one per core, at most 8, for CT-sized images).")] = 0,
 ) -> None:
-    """Reorient to RAS, resample, normalise and cache as memory-mappable arrays."""
+    """Reorient to RAS, resample, normalise and cache (blosc2-compressed or memory-mappable arrays)."""
     from partialseg.preprocessing import PreprocessConfig, prepare_dataset
 
     try:
         cfg = PreprocessConfig(
             spacing=_triple(spacing, float, "--spacing") if spacing else None, normalization=normalization
         )
-        path = prepare_dataset(dataset, out, cfg)
+        path = prepare_dataset(dataset, out, cfg, storage=storage, workers=workers)
     except (PartialsegError, OSError) as e:
         _fail(e)
     _say(f"wrote preprocessed cache to {path}")

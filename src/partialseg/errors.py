@@ -18,13 +18,20 @@ class InputError(PartialsegError, ValueError):
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
 
+    def __reduce__(self):  # noqa: ANN204 - raised in a worker process, re-raised in the parent
+        return (type(self), (self.path, self.problem))
+
 
 class OutputExistsError(PartialsegError, FileExistsError):
     """Refusal to write over something that already exists."""
 
     def __init__(self, path: str | Path, hint: str = "partialseg never overwrites, choose a new output path") -> None:
         self.path = Path(path)
+        self.hint = hint
         super().__init__(f"{path}: already exists; {hint}")
+
+    def __reduce__(self):  # noqa: ANN204
+        return (type(self), (self.path, self.hint))
 
 
 class OutputWriteError(PartialsegError, OSError):
@@ -34,6 +41,9 @@ class OutputWriteError(PartialsegError, OSError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{path}: cannot write ({reason})")
+
+    def __reduce__(self):  # noqa: ANN204
+        return (type(self), (self.path, self.reason))
 
 
 class PartialsegWarning(UserWarning):

@@ -45,7 +45,7 @@ def test_mr_phantoms_train_predict_and_evaluate_without_ct_warnings(tmp_path):
         cache = Path(json.loads((tmp_path / "run" / "split.json").read_text())["prepared"])
         prepared = PreparedDataset.load(cache)
         assert prepared.config.normalization == "zscore"  # although the config asked for the CT default
-        img = np.load(cache / f"{ds.cases[0].case_id}_image.npy")
+        img = np.asarray(prepared.case(ds.cases[0].case_id).image)
         assert img.min() < -0.5 and img.max() > 1.0  # standardised: a CT window would give [0, 1]
         r = runner.invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "mr" / "imagesTr"), str(tmp_path / "pred")])
         assert r.exit_code == 0, r.output

@@ -252,16 +252,20 @@ def test_nnunet_stats_from_annotated_foreground(block_dataset, small_space):
 # ---- the prepared cache ---------------------------------------------------------------------
 
 
-def test_prepare_dataset_and_load(block_dataset, small_space, tmp_path):
+@pytest.mark.parametrize("storage", ["blosc2", "npy"])
+def test_prepare_dataset_and_load(block_dataset, small_space, tmp_path, storage):
+    from partialseg.preprocessing.storage import Blosc2Array
+
     d = json.loads((block_dataset / "dataset.json").read_text())
     d["annotated_classes"] = {"case_001": ["spleen", "kidney_left"]}
     d["case_groups"] = {"case_001": "src_b"}
     (block_dataset / "dataset.json").write_text(json.dumps(d))
-    out = prepare_dataset(block_dataset, tmp_path / "prep", PreprocessConfig(spacing=(4, 4, 4)), progress=False)
+    out = prepare_dataset(block_dataset, tmp_path / "prep", PreprocessConfig(spacing=(4, 4, 4)), progress=False, storage=storage)
     names = {p.name for p in out.iterdir()}
+    ext = {"blosc2": "b2nd", "npy": "npy"}[storage]
     for cid in ("case_000", "case_001", "case_002"):
-        assert {f"{cid}_image.npy", f"{cid}_label.npy", f"{cid}_locs.npz"} <= names
-    assert "prepared.json" in names and not any(n.endswith("_ref.npy") for n in names)
+        assert {f"{cid}_image.{ext}", f"{cid}_label.{ext}", f"{cid}_locs.npz"} <= names
+    assert "prepared.json" in names and not any("_ref." in n for n in names)
     prep = PreparedDataset.load(out)
     assert prep.label_space == small_space
     assert prep.config.spacing == (4.0, 4.0, 4.0) and prep.stats is None
@@ -269,7 +273,8 @@ def test_prepare_dataset_and_load(block_dataset, small_space, tmp_path):
     c1 = prep.case("case_001")
     assert c1.annotated == frozenset({2, 4}) and c1.group == "src_b"
     assert prep.case("case_000").annotated == small_space.all_indices
-    assert isinstance(c1.image, np.memmap) and isinstance(c1.label, np.memmap)
+    kind = np.memmap if storage == "npy" else Blosc2Array
+    assert isinstance(c1.image, kind) and isinstance(c1.label, kind)
     assert c1.image.shape == (1, 10, 11, 12) and c1.image.dtype == np.float32  # 20*2/4, 18*2.5/4, 16*3/4
     assert c1.label.shape == (10, 11, 12) and c1.label.dtype == np.int16 and c1.reference is None
     # the fixture's file still holds organs 1 and 3: Phi wins, they are zeroed in the cache
@@ -306,8 +311,8 @@ def test_prepare_median_spacing_reference_and_nnunet(tmp_path, small_space):
     np.testing.assert_array_equal(restore_to_original(case.label, case.meta, is_label=True), lab)
 
 
-@pytest.mark.parametrize("problem", ["nan", "grid", "value"])
-def test_prepare_rejects_bad_case_naming_file(block_dataset, small_space, tmp_path, problem):
+@pytest.mark.parametrize("problem,workers", [("nan", 1), ("grid", 1), ("value", 1), ("value", 2)])
+def test_prepare_rejects_bad_case_naming_file(block_dataset, small_space, tmp_path, problem, workers):
     aff = np.diag([2.0, 2.5, 3.0, 1.0])
     if problem == "nan":
         bad = block_dataset / "imagesTr" / "case_001_0000.nii.gz"
@@ -322,24 +327,26 @@ def test_prepare_rejects_bad_case_naming_file(block_dataset, small_space, tmp_pa
         arr[0, 0, 0] = 9
     save_volume(arr, aff, bad, overwrite=True)
     out = tmp_path / "prep"
-    with pytest.raises(InputError) as e:
-        prepare_dataset(block_dataset, out, PreprocessConfig(spacing=(4, 4, 4)), progress=False)
+    with pytest.raises(InputError) as e:  # with workers: raised in a worker process, re-raised here
+        prepare_dataset(block_dataset, out, PreprocessConfig(spacing=(4, 4, 4)), progress=False, workers=workers)
     assert e.value.path == bad and str(bad) in str(e.value)
     assert not out.exists() and not list(tmp_path.glob(".prep.*"))  # nothing half-written is left
 
 
-def test_corrupt_cache_errors_name_the_file(block_dataset, tmp_path):
-    out = prepare_dataset(block_dataset, tmp_path / "prep", PreprocessConfig(spacing=(4, 4, 4)), progress=False)
+@pytest.mark.parametrize("storage", ["blosc2", "npy"])
+def test_corrupt_cache_errors_name_the_file(block_dataset, tmp_path, storage):
+    out = prepare_dataset(block_dataset, tmp_path / "prep", PreprocessConfig(spacing=(4, 4, 4)), progress=False, storage=storage)
     with pytest.raises(InputError, match="does not exist"):
         PreparedDataset.load(tmp_path / "nowhere")
-    (out / "case_002_label.npy").write_bytes(b"not an array")
-    with pytest.raises(InputError) as e:
+    bad = out / f"case_002_label.{'npy' if storage == 'npy' else 'b2nd'}"
+    bad.write_bytes(b"not an array")
+    with pytest.raises(InputError, match="cannot read the cached array") as e:
         PreparedDataset.load(out)
-    assert e.value.path == out / "case_002_label.npy"
-    (out / "case_002_label.npy").unlink()
+    assert e.value.path == bad
+    bad.unlink()
     with pytest.raises(InputError, match="missing") as e:
         PreparedDataset.load(out)
-    assert e.value.path == out / "case_002_label.npy"
+    assert e.value.path == bad
     (out / "prepared.json").write_text("{ truncated")
     with pytest.raises(InputError) as e:
         PreparedDataset.load(out)
@@ -402,3 +409,39 @@ def test_real_ct_lps_copy_prepare_and_restore_exact(shared_ct, tmp_path):
     original = load_volume(root / "labelsTr" / "ct.nii.gz")
     np.testing.assert_array_equal(saved.array, original.array)
     np.testing.assert_allclose(saved.affine, original.affine, atol=1e-5)
+
+
+def test_blosc2_and_npy_caches_hold_the_same_arrays_and_workers_change_nothing(block_dataset, tmp_path):
+    from partialseg.preprocessing.cache import PREPARED_JSON
+
+    cfg = PreprocessConfig(spacing=(3, 3, 3))
+    a = PreparedDataset.load(prepare_dataset(block_dataset, tmp_path / "npy", cfg, progress=False, storage="npy", workers=1))
+    b = PreparedDataset.load(prepare_dataset(block_dataset, tmp_path / "b2", cfg, progress=False, storage="blosc2", workers=2))
+    assert [c.case_id for c in a.cases] == [c.case_id for c in b.cases]
+    for ca, cb in zip(a.cases, b.cases):
+        np.testing.assert_array_equal(np.asarray(cb.image), ca.image)
+        np.testing.assert_array_equal(np.asarray(cb.label), ca.label)
+        # a crop with an ellipsis, as the sampler takes it, decompresses to the same voxels
+        sl = (..., slice(1, 6), slice(0, 4), slice(2, 5))
+        np.testing.assert_array_equal(cb.image[sl], ca.image[sl])
+        np.testing.assert_array_equal(cb.label[sl], ca.label[sl])
+        assert np.array_equal(cb.label == 2, ca.label == 2) and int((cb.label > 0).sum()) == int((ca.label > 0).sum())
+        assert {k: v.tolist() for k, v in cb.class_locations.items()} == {k: v.tolist() for k, v in ca.class_locations.items()}
+        back = pickle.loads(pickle.dumps(cb))  # a DataLoader worker reopens the file
+        np.testing.assert_array_equal(back.image[0, :, :, 1], ca.image[0, :, :, 1])
+    # the descriptions differ only in the storage
+    ja, jb = (json.loads((p / PREPARED_JSON).read_text()) for p in (tmp_path / "npy", tmp_path / "b2"))
+    assert ja.pop("storage") == "npy" and jb.pop("storage") == "blosc2" and ja == jb
+
+
+def test_a_cache_from_before_blosc2_is_read_as_npy(block_dataset, tmp_path):
+    from partialseg.preprocessing.cache import PREPARED_JSON
+
+    out = prepare_dataset(block_dataset, tmp_path / "old", PreprocessConfig(spacing=(4, 4, 4)), progress=False, storage="npy")
+    info = json.loads((out / PREPARED_JSON).read_text())
+    del info["storage"]
+    (out / PREPARED_JSON).write_text(json.dumps(info))
+    prep = PreparedDataset.load(out)
+    assert all(c.storage == "npy" and isinstance(c.label, np.memmap) for c in prep.cases)
+    with pytest.raises(PartialsegError, match="unknown cache storage"):
+        prepare_dataset(block_dataset, tmp_path / "x", PreprocessConfig(spacing=(4, 4, 4)), progress=False, storage="zarr")

@@ -1,13 +1,17 @@
-"""The prepared cache: every case preprocessed once, stored memory-mappable.
+"""The prepared cache: every case preprocessed once, stored compressed (blosc2) or memory-mappable.
 
-Cache layout written by ``prepare_dataset`` (``OUT/``)::
+Cache layout written by ``prepare_dataset`` (``OUT/``; ``.b2nd`` files with ``storage="blosc2"``,
+the default, ``.npy`` with ``"npy"``: preprocessing.storage says why)::
 
-    prepared.json            config (concrete spacing), normalisation stats, labels, source, cases
-    <id>_image.npy           (1, X, Y, Z) float32, RAS, target spacing, normalised
-    <id>_label.npy           (X, Y, Z) int16 partial labels (unannotated organs are 0)
-    <id>_ref.npy             (X, Y, Z) int16 full reference labels (only if the dataset has them)
+    prepared.json            config (concrete spacing), storage, normalisation stats, labels, source, cases
+    <id>_image.b2nd|.npy     (1, X, Y, Z) float32, RAS, target spacing, normalised
+    <id>_label.b2nd|.npy     (X, Y, Z) int16 partial labels (unannotated organs are 0)
+    <id>_ref.b2nd|.npy       (X, Y, Z) int16 full reference labels (only if the dataset has them)
     <id>_locs.npz            key "<class index>" -> (K, 3) int32 voxel indices, K <= 2000, one per
                              annotated class (empty (0, 3) if the class is annotated but absent)
+
+Cases are preprocessed by ``workers`` processes (nnU-Net's ``-np``): each writes its own files, the
+description is written once all are done.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from partialseg.preprocessing.config import PreprocessConfig, Shape
 from partialseg.preprocessing.geometry import GridMeta, median_spacing
 from partialseg.preprocessing.normalisation import NormalizationStats, compute_normalization_stats
 from partialseg.preprocessing.pipeline import LOCATIONS_PER_CLASS, class_locations, preprocess_image, preprocess_label
+from partialseg.preprocessing.storage import STORAGES, SUFFIX, open_array, save_array
 from partialseg.progress import progress as progress_bar
 
 if TYPE_CHECKING:
@@ -50,7 +55,13 @@ def resolved_config(ds: PartialDataset, config: PreprocessConfig) -> PreprocessC
 
 
 def prepare_dataset(
-    dataset: Path | str | PartialDataset, out: Path | str, config: PreprocessConfig, *, progress: bool = True
+    dataset: PartialDataset | str | Path,
+    out: str | Path,
+    config: PreprocessConfig = PreprocessConfig(),
+    *,
+    progress: bool = True,
+    storage: str = "blosc2",
+    workers: int = 0,
 ) -> Path:
     """Validate, preprocess and cache every case of a ``PartialDataset`` (or its folder) in ``out``.
 
@@ -59,9 +70,12 @@ def prepare_dataset(
     value outside the label space) aborts with an ``InputError`` naming its file. Label voxels
     carrying a class outside the case's annotated set are set to 0 in the cache (counted in
     ``prepared.json`` as ``unannotated_voxels_zeroed``); the source files are never modified.
+    ``storage``: ``"blosc2"`` or ``"npy"``; ``workers``: processes (0: :func:`default_workers`).
     """
     from partialseg.data.dataset import PartialDataset
 
+    if storage not in STORAGES:
+        raise PartialsegError(f"unknown cache storage {storage!r}; choose from {list(STORAGES)}")
     ds = dataset if isinstance(dataset, PartialDataset) else PartialDataset.load(dataset)
     out = Path(out)
     if out.exists():  # fail before the long work; atomic_output_dir checks again at the end
@@ -69,48 +83,33 @@ def prepare_dataset(
     cfg = resolved_config(ds, config)
     stats = compute_normalization_stats(ds, progress=progress) if cfg.normalization == "nnunet" else None
     space = ds.label_space
-    records = []
+    workers = int(workers) or default_workers(ds)
     with atomic_output_dir(out) as tmp:
-        for case in progress_bar(ds.cases, desc="prepare", unit="case", enabled=progress):
-            image = case.load_image()
-            if ds.is_ct:
-                warn_if_not_ct(image.array, image.path)
-            label = case.load_label(space, image)
-            reference = case.load_reference(space, image)
-            img, meta = preprocess_image(image, cfg, stats, cfg.spacing)
-            del image
-            # Phi is authoritative (methods.md): a value of an unannotated class contradicts it and
-            # would be taught as that organ; it becomes 0 here and the count is recorded
-            stray = ~np.isin(label.array, np.array([0, *case.annotated], dtype=np.int16))
-            n_stray = int(stray.sum())
-            if n_stray:
-                label = Volume(np.where(stray, np.int16(0), label.array), label.affine, label.path)
-            lab = preprocess_label(label, meta, cfg)
-            np.save(tmp / f"{case.case_id}_image.npy", img)
-            np.save(tmp / f"{case.case_id}_label.npy", lab)
-            if reference is not None:
-                np.save(tmp / f"{case.case_id}_ref.npy", preprocess_label(reference, meta, cfg))
-            locs = class_locations(lab, case.annotated, seed=_case_seed(case.case_id))
-            np.savez(tmp / f"{case.case_id}_locs.npz", **{str(c): v for c, v in locs.items()})
-            records.append(
-                {
-                    "id": case.case_id,
-                    "annotated": space.names_of(case.annotated),
-                    "group": case.group,
-                    "shape": list(meta.shape),
-                    "has_reference": reference is not None,
-                    "source_image": str(case.image),
-                    "source_label": None if case.label is None else str(case.label),
-                    "source_reference": None if case.reference is None else str(case.reference),
-                    "num_locations": {space.name(c): int(len(v)) for c, v in locs.items()},
-                    "unannotated_voxels_zeroed": n_stray,
-                    "meta": meta.to_dict(),
-                }
-            )
+        jobs = [(case, space, ds.is_ct, cfg, stats, tmp, storage) for case in ds.cases]
+        bar = progress_bar(total=len(jobs), desc="prepare", unit="case", enabled=progress)
+        if workers <= 1:
+            records = []
+            for job in jobs:
+                records.append(_prepare_case(*job))
+                bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            # spawn, not fork: the caller may hold torch's OpenMP threads, which a forked child can deadlock on
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_prepare_case, *job): i for i, job in enumerate(jobs)}
+                done: dict[int, dict[str, Any]] = {}
+                for f in as_completed(futures):
+                    done[futures[f]] = f.result()  # a worker's InputError surfaces here, naming its file
+                    bar.update(1)
+            records = [done[i] for i in range(len(jobs))]
+        bar.close()
         write_json_atomic(
             {
                 "format": CACHE_FORMAT,
                 "version": CACHE_VERSION,
+                "storage": storage,
                 "source": str(Path(ds.root).resolve()),
                 "config": cfg.to_dict(),
                 "stats": None if stats is None else stats.to_dict(),
@@ -123,18 +122,70 @@ def prepare_dataset(
     return out
 
 
-def _open_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    if not path.exists():
-        raise InputError(path, "cached array is missing; run `partialseg prepare` again")
+#: source images above this size (bytes, compressed on disk) are worth a process each
+_PARALLEL_FROM_BYTES = 8 * 2**20
+
+
+def default_workers(ds: PartialDataset) -> int:
+    """One process per CPU core (at most 8, nnU-Net's default for 3d_fullres) for CT-sized images; one
+    for small ones (phantoms, tests), where starting processes costs more than it saves."""
+    import os
+
+    if len(ds.cases) < 2 or Path(ds.cases[0].image).stat().st_size < _PARALLEL_FROM_BYTES:
+        return 1
+    return max(1, min(8, os.cpu_count() or 1, len(ds.cases)))
+
+
+def _prepare_case(case: Any, space: LabelSpace, is_ct: bool, cfg: PreprocessConfig, stats: NormalizationStats | None,
+                  tmp: Path, storage: str) -> dict[str, Any]:
+    """Preprocess and write one case; returns its record for ``prepared.json``."""
+    image = case.load_image()
+    if is_ct:
+        warn_if_not_ct(image.array, image.path)
+    label = case.load_label(space, image)
+    reference = case.load_reference(space, image)
+    img, meta = preprocess_image(image, cfg, stats, cfg.spacing)
+    del image
+    # Phi is authoritative (methods.md): a value of an unannotated class contradicts it and
+    # would be taught as that organ; it becomes 0 here and the count is recorded
+    stray = ~np.isin(label.array, np.array([0, *case.annotated], dtype=np.int16))
+    n_stray = int(stray.sum())
+    if n_stray:
+        label = Volume(np.where(stray, np.int16(0), label.array), label.affine, label.path)
+    lab = preprocess_label(label, meta, cfg)
+    save_array(tmp / f"{case.case_id}_image", img, storage)
+    save_array(tmp / f"{case.case_id}_label", lab, storage)
+    if reference is not None:
+        save_array(tmp / f"{case.case_id}_ref", preprocess_label(reference, meta, cfg), storage)
+    locs = class_locations(lab, case.annotated, seed=_case_seed(case.case_id))
+    np.savez(tmp / f"{case.case_id}_locs.npz", **{str(c): v for c, v in locs.items()})
+    return {
+        "id": case.case_id,
+        "annotated": space.names_of(case.annotated),
+        "group": case.group,
+        "shape": list(meta.shape),
+        "has_reference": reference is not None,
+        "source_image": str(case.image),
+        "source_label": None if case.label is None else str(case.label),
+        "source_reference": None if case.reference is None else str(case.reference),
+        "num_locations": {space.name(c): int(len(v)) for c, v in locs.items()},
+        "unannotated_voxels_zeroed": n_stray,
+        "image_min": float(np.min(img)),
+        "meta": meta.to_dict(),
+    }
+
+
+def _open_cached(path: Path, storage: str, shape: tuple[int, ...], dtype: Any) -> Any:
+    f = Path(str(path) + SUFFIX[storage])
+    if not f.exists():
+        raise InputError(f, "cached array is missing; run `partialseg prepare` again")
     try:
-        arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(
-            path, f"cannot read the cached array ({type(e).__name__}: {e}); run `partialseg prepare` again"
-        ) from None
+        arr = open_array(path, storage)
+    except Exception as e:  # numpy's and blosc2's errors on a damaged file differ; both mean the same here
+        raise InputError(f, f"cannot read the cached array ({type(e).__name__}: {e}); run `partialseg prepare` again") from None
     if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
         raise InputError(
-            path,
+            f,
             f"cached array is {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {tuple(shape)}; "
             "run `partialseg prepare` again",
         )
@@ -143,7 +194,8 @@ def _open_npy(path: Path, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 
 @dataclass(eq=False)
 class PreparedCase:
-    """One cached case. Arrays are opened memory-mapped on first access (read-only).
+    """One cached case. Arrays are opened on first access (read-only; memory maps, or
+    :class:`~partialseg.preprocessing.storage.Blosc2Array` that decompress what a slice touches).
 
     ``image``: (1, X, Y, Z) float32; ``label``: (X, Y, Z) int16 partial labels; ``reference``:
     (X, Y, Z) int16 or ``None``; ``class_locations``: ``{class index: (K, 3) int32}`` for each
@@ -156,6 +208,8 @@ class PreparedCase:
     meta: GridMeta
     root: Path
     has_reference: bool = False
+    storage: str = "npy"
+    image_min: float | None = None  # the padding value of crops beyond the border (None: caches from before it was recorded)
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -163,12 +217,12 @@ class PreparedCase:
         return self.meta.shape
 
     def path(self, kind: str) -> Path:
-        """``kind``: ``"image"``, ``"label"``, ``"ref"`` (.npy) or ``"locs"`` (.npz)."""
-        return self.root / f"{self.case_id}_{kind}.{'npz' if kind == 'locs' else 'npy'}"
+        """``kind``: ``"image"``, ``"label"``, ``"ref"`` (the storage's suffix) or ``"locs"`` (.npz)."""
+        return self.root / f"{self.case_id}_{kind}{'.npz' if kind == 'locs' else SUFFIX[self.storage]}"
 
     def _array(self, kind: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         if kind not in self._cache:
-            self._cache[kind] = _open_npy(self.path(kind), shape, dtype)
+            self._cache[kind] = _open_cached(self.root / f"{self.case_id}_{kind}", self.storage, shape, dtype)
         return self._cache[kind]
 
     @property
@@ -233,6 +287,9 @@ class PreparedDataset:
             space = LabelSpace.from_dataset_json(info["labels"], pjson)
             config = PreprocessConfig.from_dict(info["config"])
             stats = None if info.get("stats") is None else NormalizationStats.from_dict(info["stats"])
+            storage = str(info.get("storage", "npy"))  # caches from before blosc2 have no such key
+            if storage not in STORAGES:
+                raise InputError(pjson, f"unknown storage {storage!r}; run prepare again")
             cases = []
             for rec in info["cases"]:
                 case = PreparedCase(
@@ -242,6 +299,8 @@ class PreparedDataset:
                     meta=GridMeta.from_dict(rec["meta"]),
                     root=root,
                     has_reference=bool(rec.get("has_reference", False)),
+                    storage=storage,
+                    image_min=None if rec.get("image_min") is None else float(rec["image_min"]),
                 )
                 case.image, case.label, case.reference  # noqa: B018 - opens the maps: fails now, naming the file
                 cases.append(case)
@@ -274,9 +333,10 @@ CACHE_KEY_JSON = "cache_key.json"
 _WAIT_S = 5.0
 
 
-def cache_key(ds: PartialDataset, config: PreprocessConfig) -> dict[str, Any]:
-    """What a cache depends on: the resolved preprocessing, the label space, and every source file's
-    name, size and modification time (a file edited in place makes a new cache, never a stale one)."""
+def cache_key(ds: PartialDataset, config: PreprocessConfig, storage: str = "blosc2") -> dict[str, Any]:
+    """What a cache depends on: the resolved preprocessing, the storage, the label space, and every
+    source file's name, size and modification time (a file edited in place makes a new cache, never a
+    stale one). ``npy`` adds no key, so that caches from before blosc2 keep their names."""
     def stat(path: Path | None) -> list[Any] | None:
         if path is None:
             return None
@@ -290,6 +350,7 @@ def cache_key(ds: PartialDataset, config: PreprocessConfig) -> dict[str, Any]:
         "labels": ds.label_space.to_dataset_json(),
         "cases": [[c.case_id, sorted(ds.label_space.names_of(c.annotated)), stat(c.image), stat(c.label), stat(c.reference)]
                   for c in ds.cases],
+        **({} if storage == "npy" else {"storage": storage}),
     }
 
 
@@ -301,7 +362,7 @@ def default_cache_root(dataset: Path) -> Path:
 
 def shared_cache(
     dataset: Path | str, config: PreprocessConfig, *, cache_root: Path | str | None = None, build: bool = True,
-    progress: bool = True,
+    progress: bool = True, storage: str = "blosc2", workers: int = 0,
 ) -> Path:
     """The prepared cache of ``dataset`` under ``config``, built on first use and reused by every run.
 
@@ -318,7 +379,7 @@ def shared_cache(
     from partialseg.locking import FolderInUseError, folder_lock
 
     ds = PartialDataset.load(dataset)
-    key = cache_key(ds, config)
+    key = cache_key(ds, config, storage)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     cfg = key["config"]
     name = f"{'x'.join(f'{s:g}' for s in cfg['spacing'])}mm_{cfg['normalization']}_{digest}"
@@ -332,7 +393,7 @@ def shared_cache(
                 if not (out / PREPARED_JSON).exists():
                     if out.exists():  # not ours to judge: a folder without prepared.json is no cache
                         raise OutputExistsError(out, "exists but holds no prepared.json; remove it")
-                    prepare_dataset(ds, out, PreprocessConfig.from_dict(cfg), progress=progress)
+                    prepare_dataset(ds, out, PreprocessConfig.from_dict(cfg), progress=progress, storage=storage, workers=workers)
                     write_json_atomic(key, out / CACHE_KEY_JSON)
             return out
         except FolderInUseError:

@@ -198,10 +198,9 @@ def load_train_cases(prepared, case_ids: Sequence[str]) -> list[TrainCase]:
     out = []
     for cid in case_ids:
         c = prepared.case(cid)
-        image = c.image
-        out.append(
-            TrainCase(cid, image, c.label, c.annotated, c.class_locations, c.reference, pad_value=float(np.min(image)))
-        )
+        # the minimum is recorded at prepare time: computing it here would read every case in full at every start
+        pad = c.image_min if c.image_min is not None else float(np.min(c.image))
+        out.append(TrainCase(cid, c.image, c.label, c.annotated, c.class_locations, c.reference, pad_value=pad))
     return out
 
 
@@ -491,7 +490,8 @@ def prepared_cache(dataset: Path, run: Path, cfg: ExperimentConfig, *, build: bo
         return dataset
     pcfg = PreprocessConfig(spacing=cfg.data.spacing, normalization=cfg.data.normalization)
     try:
-        return shared_cache(dataset, pcfg, cache_root=cfg.data.cache_dir, build=build)
+        return shared_cache(dataset, pcfg, cache_root=cfg.data.cache_dir, build=build, storage=cfg.data.cache_storage,
+                            workers=cfg.data.cache_workers)
     except PermissionError as e:
         raise InputError(e.filename or dataset, "cannot write the preprocessed cache beside the dataset; set "
                                                 "data.cache_dir to a writable folder") from None
