@@ -48,38 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-CLEVEL = 8  # nnUNetDatasetBlosc2.save_case
-L1_BYTES, L3_BYTES, CACHE_SAFETY = 32768, 1441792, 0.8  # comp_blosc2_params defaults
-
-
-def nnunet_blosc2_layout(image_shape, patch, itemsize):
-    """nnU-Net v2's ``nnUNetDatasetBlosc2.comp_blosc2_params`` (v2.6): (blocks, chunks) for a (C, X, Y, Z)
-    array read in ``patch``-sized crops; same rule and tie-breaking (checked against it on 900 shapes)."""
-    shape = [int(s) for s in image_shape]
-    patch = [int(p) for p in patch]
-    if len(patch) == 2:
-        patch = [1, *patch]
-    # block: the patch rounded up to powers of two, then the axis most oversized relative to the
-    # patch halved (to the next lower power of two) until the block fits the L1 budget
-    block = [shape[0]] + [2 ** max(0, math.ceil(math.log2(p))) for p in patch]
-    while math.prod(block) * itemsize > L1_BYTES * CACHE_SAFETY:
-        order = np.argsort(np.array(block[1:]) / np.array(patch))[::-1]
-        a = int(next(a for a in order if block[a + 1] > 1))
-        block[a + 1] = min(2 ** max(0, math.floor(math.log2(block[a + 1] - 1))), shape[a + 1])
-    block = [min(b, s) for b, s in zip(block, shape)]
-    # chunk: blocks added along the axis with the fewest blocks so far, up to the L3 budget, the
-    # whole image, or 1.5x the patch on average
-    chunk = list(block)
-    while math.prod(chunk) * itemsize < L3_BYTES * CACHE_SAFETY:
-        if (patch[0] == 1 and chunk[2:] == shape[2:]) or chunk == shape:
-            break
-        order = np.argsort(np.array(chunk[1:]) / np.array(block[1:]))
-        a = int(next(a for a in order if chunk[a + 1] != shape[a + 1] and patch[a] != 1))
-        chunk[a + 1] = min(chunk[a + 1] + block[a + 1], shape[a + 1])
-        if np.mean([c / p for c, p in zip(chunk[1:], patch)]) > 1.5:
-            chunk[a + 1] -= block[a + 1]
-            break
-    return tuple(block), tuple(min(c, s) for c, s in zip(chunk, shape))
+from partialseg.preprocessing.storage import CLEVEL  # noqa: E402 - nnU-Net v2's parameters, as the cache uses them
+from partialseg.preprocessing.storage import blosc2_layout as nnunet_blosc2_layout  # noqa: E402
 
 
 def simple_body(shape, spacing, noise, rng):
