@@ -27,8 +27,10 @@ def autocast_context(device: torch.device, enabled: bool, cpu: bool = False):
     return nullcontext()
 
 
-#: float32 working memory of one slab (MONAI's output and weight buffers, the logits, the probabilities)
+#: float32 working memory of one slab (MONAI's output buffer of logits and its weight map)
 DEFAULT_SLAB_GB = 2.0
+#: Z slices of a slab's logits turned into probabilities at a time (no second (C, X, Y, Z) buffer)
+_PROB_CHUNK = 8
 
 
 def z_slabs(size: int, roi: int, overlap: float, max_len: int) -> list[tuple[int, int, int, int]]:
@@ -102,19 +104,20 @@ def sliding_window_probabilities(
     try:
         out: Tensor | None = None
         X, Y, Z = x.shape[2:]
-        per_slice = 4 * X * Y * (2 * int(getattr(net, "out_channels", 16)) + 3)
+        per_slice = 4 * X * Y * (int(getattr(net, "out_channels", 16)) + 2)
         slabs = z_slabs(Z, int(patch_size[2]), overlap, int(slab_gb * 2**30 // per_slice))
         for a, b, ka, kb in slabs:
             with autocast_context(device, amp, amp_cpu):
                 logits = _window_logits(net, x[..., a:b].to(device), patch_size, overlap, sw_batch_size)
-            probs = to_probabilities(logits.float())[0]
+            for z0 in range(ka, kb, _PROB_CHUNK):  # probabilities per voxel: chunks give the same values
+                z1 = min(z0 + _PROB_CHUNK, kb)
+                probs = to_probabilities(logits[..., z0 - a : z1 - a].float())[0]
+                part = probs.argmax(0).to(torch.int16) if argmax else probs.to(dtype)
+                if out is None:
+                    out = torch.empty((*part.shape[:-1], Z), dtype=part.dtype)
+                out[..., z0:z1] = part.cpu()
+                del probs, part
             del logits
-            part = probs[..., ka - a : kb - a]
-            part = part.argmax(0).to(torch.int16) if argmax else part.to(dtype)
-            if out is None:
-                out = torch.empty((*part.shape[:-1], Z), dtype=part.dtype)
-            out[..., ka:kb] = part.cpu()
-            del probs, part
     finally:
         net.train(was_training)
     assert out is not None
