@@ -348,13 +348,14 @@ def predict(
     overlap: Annotated[Optional[float], typer.Option(help="Sliding-window overlap (default: the run's).")] = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:i]'.")] = "auto",
     postprocess: Annotated[bool, typer.Option(help="Apply the postprocessing chosen on validation (largest component per organ, RUN/postprocessing.json).")] = True,
+    mirror: Annotated[bool, typer.Option(help="Left-right mirror test-time augmentation (left/right organs swapped back; twice the time).")] = False,
 ) -> None:
     """Segment images; each output has the input's exact shape and affine."""
     from partialseg.inference.predict import predict_folder
 
     try:
         written = predict_folder(run, input_dir, out_dir, probabilities=probabilities, device=device, overlap=overlap,
-                                 postprocess=postprocess)
+                                 postprocess=postprocess, mirror=mirror)
     except (PartialsegError, OSError) as e:
         _fail(e)
     _say(f"wrote {len(written)} label maps to {out_dir}")

@@ -49,3 +49,28 @@ def test_slabbed_inference_matches_one_pass():
     half = sliding_window_probabilities(net, soft, image, (8, 8, 8), overlap=0.5, amp=False, slab_gb=slab_gb, dtype=torch.float16)
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), whole, rtol=0, atol=1e-3)
+
+
+def test_left_right_mirror_tta_is_symmetric_and_swaps_paired_organs_back():
+    from partialseg.errors import PartialsegError
+    from partialseg.inference.sliding_window import LeftRightMirrored, mirror_permutation
+    from partialseg.labels import LabelSpace
+
+    space = LabelSpace(("liver", "kidney_right", "kidney_left", "spleen"))
+    perm = mirror_permutation(space, space.num_channels)
+    assert perm == [0, 1, 3, 2, 4]
+    assert mirror_permutation(space, space.num_classes) == [0, 2, 1, 3]  # per-organ sigmoid: no background channel
+    with pytest.raises(PartialsegError, match="one output per label or per organ"):
+        mirror_permutation(space, 7)
+    torch.manual_seed(0)
+    net = nn.Conv3d(1, 5, 3, padding=1)
+    tta = LeftRightMirrored(net, perm)
+    x = torch.randn(1, 1, 6, 5, 4)
+    with torch.no_grad():
+        y = tta(x)
+        expected = (net(x) + net(x.flip(2)).flip(2)[:, perm]) / 2
+        torch.testing.assert_close(y, expected)
+        # the averaged prediction of a mirrored image is the mirror image of the prediction, kidneys swapped
+        torch.testing.assert_close(tta(x.flip(2)), y.flip(2)[:, perm], rtol=1e-5, atol=1e-6)
+    probs = sliding_window_probabilities(tta, lambda z: torch.softmax(z, 1), x[0].numpy(), (4, 4, 4), amp=False)
+    assert probs.shape == (5, 6, 5, 4)

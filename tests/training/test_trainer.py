@@ -124,6 +124,11 @@ def test_cli_train_predict_evaluate_round_trip(partial_blocks, tmp_path):
     assert (tmp_path / "eval" / "results.md").exists()
     r = runner.invoke(app, ["predict", str(run), str(partial_blocks / "imagesTr"), str(pred)])
     assert r.exit_code == 2 and "already exists" in r.output
+    # mirror test-time augmentation: same files, each the average of two predictions (probabilities differ)
+    r = runner.invoke(app, ["predict", str(run), str(partial_blocks / "imagesTr"), str(tmp_path / "tta"), "--mirror", "--probabilities"])
+    assert r.exit_code == 0, r.output
+    plain, tta = (np.load(d / "case_000_probabilities.npz")["probabilities"] for d in (pred, tmp_path / "tta"))
+    assert plain.shape == tta.shape and not np.array_equal(plain, tta)
 
 
 def test_predict_geometry_equals_non_ras_anisotropic_input(partial_blocks, tmp_path):

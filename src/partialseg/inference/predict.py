@@ -37,8 +37,9 @@ class Predictor:
     largest_component: tuple[int, ...] = ()
 
     @classmethod
-    def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None) -> Predictor:
-        """From a run folder (its ``model.pt``) or a model file."""
+    def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None, mirror: bool = False) -> Predictor:
+        """From a run folder (its ``model.pt``) or a model file; ``mirror``: left-right mirror test-time
+        augmentation (:class:`~partialseg.inference.sliding_window.LeftRightMirrored`, twice the time)."""
         from partialseg.networks import build_network
         from partialseg.preprocessing import NormalizationStats, PreprocessConfig
         from partialseg.training.trainer import resolve_device
@@ -54,6 +55,10 @@ class Predictor:
         n = m["network"]
         net = method.wrap_network(build_network(n["name"], n["in_channels"], n["out_channels"], **n["options"]), training=False)
         net.load_state_dict(m["state_dict"])
+        if mirror:
+            from partialseg.inference.sliding_window import LeftRightMirrored, mirror_permutation
+
+            net = LeftRightMirrored(net, mirror_permutation(space, int(n["out_channels"])))
         dev = resolve_device(device)
         net.to(dev).eval()
         return cls(
@@ -142,6 +147,7 @@ def predict_folder(
     overlap: float | None = None,
     progress: bool = True,
     postprocess: bool = True,
+    mirror: bool = False,
 ) -> list[Path]:
     """Predict every ``*.nii.gz``/``*.nii`` in ``input_dir`` (or one file) into the new folder ``out_dir``
     (``postprocess``: with the run's postprocessing, see :meth:`Predictor.predict_volume`)."""
@@ -154,7 +160,7 @@ def predict_folder(
         raise InputError(input_dir, "input folder does not exist")
     if not files:
         raise InputError(input_dir, "no .nii.gz or .nii images found")
-    predictor = Predictor.load(run, device=device, overlap=overlap)
+    predictor = Predictor.load(run, device=device, overlap=overlap, mirror=mirror)
     check_channels(files, predictor.in_channels)
     names = [output_name(f) for f in files]
     if len(set(names)) != len(names):

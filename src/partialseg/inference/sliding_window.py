@@ -60,6 +60,37 @@ def z_slabs(size: int, roi: int, overlap: float, max_len: int) -> list[tuple[int
         start = ((keep - roi) // interval) * interval
 
 
+class LeftRightMirrored(nn.Module):
+    """Mirror test-time augmentation along the patient's left-right axis (array axis 0 in RAS; dim 2 of
+    ``(B, C, X, Y, Z)``): the mean of the logits of the image and of its mirror image, whose
+    left/right channels are swapped back (``permutation``: output channel → its mirror channel). Only
+    left-right, and only with the swap, because an abdomen mirrored otherwise is not an abdomen the
+    network was trained on (nnU-Net mirrors every axis it augmented with)."""
+
+    def __init__(self, net: nn.Module, permutation: Sequence[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("permutation", torch.as_tensor(list(permutation), dtype=torch.long), persistent=False)
+        self.out_channels = len(self.permutation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mirrored = self.net(x.flip(2)).flip(2).index_select(1, self.permutation.to(x.device))
+        return (self.net(x) + mirrored) / 2
+
+
+def mirror_permutation(label_space, out_channels: int) -> list[int]:
+    """The left/right channel swap of a network with ``out_channels`` outputs: one per label value
+    (softmax methods) or one per organ (per-organ sigmoid)."""
+    from partialseg.errors import PartialsegError
+
+    lut = label_space.left_right_swap()
+    if out_channels == label_space.num_channels:
+        return [int(v) for v in lut]
+    if out_channels == label_space.num_classes:
+        return [int(v) - 1 for v in lut[1:]]
+    raise PartialsegError(f"mirror test-time augmentation needs one output per label or per organ, this network has {out_channels}")
+
+
 @torch.no_grad()
 def _window_logits(net: nn.Module, x: Tensor, patch_size: Sequence[int], overlap: float, sw_batch_size: int) -> Tensor:
     from monai.inferers import sliding_window_inference
