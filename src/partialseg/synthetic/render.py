@@ -9,8 +9,18 @@ from partialseg.errors import PartialsegError
 from partialseg.registry import AMOS15
 from partialseg.synthetic.anatomy.builder import Builder
 from partialseg.synthetic.config import PhantomConfig
-from partialseg.synthetic.grid import smooth_noise
+from partialseg.synthetic.grid import is_large, smooth_field
+from partialseg.synthetic.streaming import add_noise_large, texture_blur_large
 from partialseg.synthetic.tissues import TISSUE_TABLE
+
+#: voxels per slab of the slab-wise loops (warp, HU lookup): their temporaries stay in the CPU cache
+SLAB_VOXELS = 1 << 18
+
+
+def _slabs(shape: tuple[int, ...]) -> list[slice]:
+    """Slices along axis 0 of about :data:`SLAB_VOXELS` voxels each."""
+    step = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
+    return [slice(i, min(i + step, shape[0])) for i in range(0, shape[0], step)]
 
 
 def warp(b: Builder, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -18,15 +28,26 @@ def warp(b: Builder, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     g, cfg = b.grid, b.cfg
     if cfg.deformation_mm <= 0:
         return b.c.tissue, b.c.label
-    flat = np.zeros(g.shape, np.int64)
+    # correlation length ~40 mm: bends organs and outline without tearing thin structures
+    fields = [smooth_field(rng, g, 40.0) for _ in range(3)]
+    fields = [f.scaled(float(np.float32(cfg.deformation_mm / g.spacing[a]))) for a, f in enumerate(fields)]
+    ramps = []
     for a in range(3):
-        # correlation length ~40 mm: bends organs and outline without tearing thin structures
-        d = smooth_noise(rng, g, 40.0) * np.float32(cfg.deformation_mm / g.spacing[a])
         shp = [1, 1, 1]
         shp[a] = g.shape[a]
-        idx = np.clip(np.rint(np.arange(g.shape[a], dtype=np.float32).reshape(shp) + d), 0, g.shape[a] - 1).astype(np.int64)
-        flat = flat * g.shape[a] + idx
-    return b.c.tissue.ravel()[flat], b.c.label.ravel()[flat]
+        ramps.append(np.arange(g.shape[a], dtype=np.float32).reshape(shp))
+    itype = np.int32 if int(np.prod(g.shape, dtype=np.int64)) < 2**31 else np.int64
+    src_t, src_l = b.c.tissue.ravel(), b.c.label.ravel()
+    tissue, label = np.empty(g.shape, np.uint8), np.empty(g.shape, np.uint8)
+    for sl in _slabs(g.shape):
+        flat = None
+        for a in range(3):
+            ramp = ramps[a][sl] if a == 0 else ramps[a]
+            idx = np.clip(np.rint(ramp + fields[a][sl]), 0, g.shape[a] - 1).astype(itype)
+            flat = idx if flat is None else flat * itype(g.shape[a]) + idx
+        np.take(src_t, flat, out=tissue[sl])
+        np.take(src_l, flat, out=label[sl])
+    return tissue, label
 
 
 def render(
@@ -36,9 +57,17 @@ def render(
     g, cfg = b.grid, b.cfg
     low_amp = np.array([v[2] for v in TISSUE_TABLE.values()], np.float32)
     fine_amp = np.array([v[3] for v in TISSUE_TABLE.values()], np.float32)
-    img = hu.astype(np.float32)[tissue] + low_amp[tissue] * b.low + fine_amp[tissue] * b.fine
-    if cfg.blur_mm > 0:
-        img = ndimage.gaussian_filter(img, sigma=[cfg.blur_mm / sp for sp in g.spacing], mode="nearest", truncate=3.0)
+    sigma = [cfg.blur_mm / sp for sp in g.spacing] if cfg.blur_mm > 0 else [0.0, 0.0, 0.0]
+    if is_large(tissue.shape):
+        img = texture_blur_large(tissue, hu, low_amp, fine_amp, b.low, b.fine, sigma)
+    else:
+        hu32 = hu.astype(np.float32)
+        img = np.empty(tissue.shape, np.float32)
+        for sl in _slabs(tissue.shape):
+            t = tissue[sl]
+            img[sl] = np.take(hu32, t) + np.take(low_amp, t) * b.low[sl] + np.take(fine_amp, t) * b.fine[sl]
+        if cfg.blur_mm > 0:
+            img = ndimage.gaussian_filter(img, sigma=sigma, mode="nearest", truncate=3.0)
     os_ = g.os
     X, Y, Z = (int(v) for v in g.out_shape)
     if os_ > 1:
@@ -60,16 +89,22 @@ def render(
     else:
         labels = label
     if cfg.noise_std > 0:
-        noise = rng.standard_normal(img.shape).astype(np.float32)
-        noise = ndimage.gaussian_filter(noise, sigma=0.6, mode="wrap")
-        noise /= max(float(noise.std()), 1e-6)
-        img = img + noise * np.float32(cfg.noise_std * rng.uniform(0.75, 1.3))
-    img = np.clip(np.round(img), -1024, 3071).astype(np.float32)
+        if is_large(img.shape):
+            add_noise_large(img, cfg.noise_std, rng)
+        else:
+            noise = rng.standard_normal(img.shape).astype(np.float32)
+            noise = ndimage.gaussian_filter(noise, sigma=0.6, mode="wrap")
+            noise /= max(float(noise.std()), 1e-6)
+            noise *= np.float32(cfg.noise_std * rng.uniform(0.75, 1.3))
+            img += noise
+            del noise
+    np.round(img, out=img)
+    np.clip(img, -1024, 3071, out=img)
     return img, labels
 
 
 def check_organs(labels: np.ndarray, cfg: PhantomConfig) -> None:
-    present = np.bincount(labels.ravel(), minlength=len(AMOS15) + 1)
+    present = sum(np.bincount(labels[sl].ravel(), minlength=len(AMOS15) + 1) for sl in _slabs(labels.shape))
     missing = [AMOS15[k - 1] for k in range(1, len(AMOS15) + 1) if present[k] == 0]
     if missing:
         fov = tuple(round(n * sp) for n, sp in zip(cfg.shape, cfg.spacing))

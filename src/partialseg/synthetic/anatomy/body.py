@@ -45,11 +45,11 @@ def paint_body(b: Builder) -> None:
     skin = inside(a_mus * s + t_lat, y_mf * s + t_ant, y_mb * s - t_post, 2.2, 2.0, 3.2)
     fat_in = inside(a_mus * s, y_mf * s, y_mb * s, 2.3, 2.0, 3.2)
     cav = inside(a_cav * s, y_cf * s, y_cb * s, 2.4, 2.2, 3.0)
-    c.tissue[skin] = T["fat"]
-    c.tissue[fat_in] = T["muscle"]
-    c.tissue[cav] = T["visceral_fat"]
+    np.copyto(c.tissue, T["fat"], where=skin)
+    np.copyto(c.tissue, T["muscle"], where=fat_in)
+    np.copyto(c.tissue, T["visceral_fat"], where=cav)
     # intermuscular fat planes
-    c.tissue[fat_in & ~cav & (b.fine > 1.9)] = T["fat"]
+    np.copyto(c.tissue, T["fat"], where=fat_in & ~cav & (b.fine > 1.9))
     b.cav = cav
     b.skin = skin
     # patient table: a curved carbon plate under the back
@@ -58,7 +58,7 @@ def paint_body(b: Builder) -> None:
     Xw = g.axes[0][:, None, None]
     ytab = yb_min - 0.0009 * (Xw - b.x0) ** 2
     table = (Yw < ytab) & (Yw > ytab - 4.0) & (np.abs(Xw - b.x0) < 220)
-    c.tissue[np.broadcast_to(table, g.shape)] = T["table"]
+    np.copyto(c.tissue, T["table"], where=table)
 
     # diaphragm: two domes, the right one higher; lung above, abdomen below
     zR, zL, k = b.zR, b.zL, b.dome_k
@@ -74,25 +74,33 @@ def paint_body(b: Builder) -> None:
 
     zd_t = np.maximum(dome(55.0, 40.0, zR), dome(-55.0, 35.0, zL))  # template mm, (nx, ny)
     zd = (b.z0 + s * zd_t).astype(np.float32)[:, :, None]
-    Z = g.axes[2][None, None, :]
-    above = Z > zd
     thick = 5.0 * s
     # the muscle sheet is thicker in z where the dome slopes
     gx, gy = np.gradient(zd[:, :, 0], g.spacing[0], g.spacing[1])
     slope = np.sqrt(1.0 + gx**2 + gy**2).astype(np.float32)[:, :, None]
-    diaphragm = cav & ~above & (Z > zd - thick * slope)
-    thorax = cav & above
+    lower = zd - thick * slope
+    # everything below runs on the slices that reach the diaphragm (nothing below them is above it)
+    zs = slice(max(0, int(np.searchsorted(g.axes[2], min(float(lower.min()), float(zd.min())))) - 1), None)
+    Z = g.axes[2][None, None, zs]
+    above = Z > zd
+    cav_s = cav[:, :, zs]
+    diaphragm = cav_s & ~above & (Z > lower)
+    thorax = cav_s & above
     # the heart rests on the central tendon, between the domes
     z_tendon = float(zd_t[np.argmin(np.abs(xs[:, 0])), np.argmin(np.abs(ys[0] - 40.0))])
     heart_b = b.blob(b.W(-15.0, 80.0, z_tendon + 45.0), (80, 60, 65), deform=0.5)
     got = eval_blob(g, heart_b)
-    heart = np.zeros(g.shape, bool)
+    heart = np.zeros(thorax.shape, bool)
     if got is not None:
         sl, f = got
-        heart[sl] = f < 1.0
+        lo = max(sl[2].start, zs.start)  # the blob's slices within the slab
+        if sl[2].stop > lo:
+            heart[sl[0], sl[1], lo - zs.start : sl[2].stop - zs.start] = f[:, :, lo - sl[2].start :] < 1.0
     mediastinum = (np.abs(Xw - b.x0) < 30 * s) & (Yw > b.yv + 10 * s)
-    c.tissue[thorax & ~heart & ~np.broadcast_to(mediastinum, g.shape)] = T["lung"]
-    c.tissue[thorax & heart] = T["heart"]
-    c.tissue[diaphragm] = T["muscle"]
-    b.abdomen = cav & ~above & ~diaphragm
+    tissue_s = c.tissue[:, :, zs]
+    np.copyto(tissue_s, T["lung"], where=thorax & ~heart & ~mediastinum)
+    np.copyto(tissue_s, T["heart"], where=thorax & heart)
+    np.copyto(tissue_s, T["muscle"], where=diaphragm)
+    b.abdomen = cav.copy()
+    b.abdomen[:, :, zs] &= ~above & ~diaphragm
     b.organ_ok = b.abdomen.copy()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from partialseg.synthetic.config import PhantomConfig
-from partialseg.synthetic.grid import Canvas, Grid, smooth_noise
+from partialseg.synthetic.grid import Canvas, Grid, smooth_field, smooth_noise
 from partialseg.synthetic.shapes import Blob, Tube, eval_blob, make_tube, surface_waves
 from partialseg.synthetic.tissues import T
 
@@ -72,7 +72,7 @@ class Builder:
         self.deform_gain = cfg.organ_deformation / 0.12
         # smooth texture fields (unit sd): coarse organ inhomogeneity, fine mottling
         self.fine = self.noise_field(2.0)
-        self.low = self.noise_field(12.0)
+        self.low = smooth_field(rng, g, 12.0)  # read by the renderer only, slab by slab
         # z of every fine slice in the template frame
         self.zt = (g.axes[2].astype(np.float64) - self.z0) / self.scale
 

@@ -17,6 +17,7 @@ def paint_organs(b: Builder) -> None:
     z0, _ = b.vertebra_z
     ok = b.organ_ok  # abdomen below the diaphragm, outside muscles
     notbone = ~c.bone
+    cav_nb = b.cav & notbone  # nothing paints bone from here on
 
     def put(got: Any, label: int, tissue: int | np.ndarray, allowed: np.ndarray | None = None, thr: float = 1.0) -> None:
         if got is None:
@@ -40,15 +41,19 @@ def paint_organs(b: Builder) -> None:
         ((14, 44, 100), (20, 18, 30), 2.0),
         ((86, 38, 45), (27, 38, 29 * b.size()), 2.2),
     ]
-    liver = np.zeros(g.shape, bool)
+    parts = []
     for (p, semi, e) in lobes:
         rot = frame((0, 0.15 if p[0] > 0 else -0.2, 1.0), (1, 0, 0.1 if p[0] < 20 else 0))
         got = eval_blob(g, b.blob(b.W(*p, off_liver), np.array(semi) * ls, rot, e))
         if got is not None:
-            sl, f = got
-            liver[sl] |= f < 1.0
-    liver &= ok & notbone
-    c.paint((slice(None),) * 3, liver, T["liver"], L["liver"])
+            parts.append(got)
+    if parts:  # the union of the lobes, on the box that holds them all
+        box = tuple(slice(min(sl[a].start for sl, _ in parts), max(sl[a].stop for sl, _ in parts)) for a in range(3))
+        liver = np.zeros(tuple(x.stop - x.start for x in box), bool)
+        for sl, f in parts:
+            liver[tuple(slice(x.start - o.start, x.stop - o.start) for x, o in zip(sl, box))] |= f < 1.0
+        liver &= ok[box] & notbone[box]
+        c.paint(box, liver, T["liver"], L["liver"])
 
     # spleen: crescent along the left posterolateral ribs
     ss = b.size(1.3)
@@ -138,7 +143,7 @@ def paint_organs(b: Builder) -> None:
     fill = float(np.clip(np.exp(rng.normal(0.0, 0.3)), 0.45, 1.8))
     bsemi = np.array([46, 36, 34]) * np.cbrt(fill) * np.array([1.0, 1.0, 1.0 + 0.2 * (fill - 1)])
     bctr = b.W(0, 62, z0 - 72 + 8 * (fill - 1), off_pel)
-    pel_ok = b.cav & notbone
+    pel_ok = cav_nb
     got = eval_blob(g, b.blob(bctr, bsemi, np.eye(3), 2.2))
     if got is not None:
         sl, f = got
@@ -163,7 +168,7 @@ def paint_organs(b: Builder) -> None:
             put(eval_blob(g, b.blob(b.W(side * 16, 28, z0 - 100, off_pel), (7, 6, 18), sv)), 0, T["soft_tissue"], pel_ok)
 
     # splenic vein, SMV, SMA, left and right renal veins: unlabelled, carve the pancreas
-    ca = b.cav & notbone
+    ca = cav_nb
     venous = [
         b.tube(b.Wn([(-82, 24, 74), (-45, 50, 58), (-12, 60, 50), (12, 62, 43)], off_pd), [5, 5, 5, 6]),
         b.tube(b.Wn([(12, 62, 43), (14, 70, 20), (15, 82, -12), (15, 88, -60)], off_pd), [6.5, 6, 5.5, 5]),
@@ -230,4 +235,4 @@ def paint_organs(b: Builder) -> None:
             length = rng.uniform(24.0, 30.0) * az
             rot = frame(direction, plate)
             ctr = apex + rot[:, 2] * length * 0.5 * s
-            put(eval_blob(g, b.blob(ctr, (11.0 * az * ts, 4.5 * az * ts, length / 2), rot, 2.0, deform=0.6)), lab, T["adrenal"], b.cav & notbone)
+            put(eval_blob(g, b.blob(ctr, (11.0 * az * ts, 4.5 * az * ts, length / 2), rot, 2.0, deform=0.6)), lab, T["adrenal"], cav_nb)
