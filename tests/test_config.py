@@ -53,7 +53,7 @@ def test_int_accepted_for_float_and_optional():
 
 
 def test_config_differences_fill_method_defaults_and_ignore():
-    from partialseg.config import config_differences, with_method_defaults
+    from partialseg.methods.resolve import config_differences, with_method_defaults
 
     a = load_config(None, ["method.name=ipnp"])
     b = load_config(None, ["method.name=ipnp", "method.options.tau=0.05"])  # tau's default

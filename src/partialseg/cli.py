@@ -305,7 +305,7 @@ def train(
 ) -> None:
     """Train a model on a partially labelled dataset."""
     from partialseg.config import load_config
-    from partialseg.training.trainer import fit as run_training
+    from partialseg.api import fit as run_training
 
     try:
         overrides = list(set_ or [])
@@ -400,7 +400,7 @@ def benchmark(
             typer.echo(summary.read_text())
             return
         result = run_benchmark(out, seed=seed, **kwargs)
-        from partialseg.evaluation.report import write_report
+        from partialseg.experiments.report import write_report
 
         report = write_report(result.out) if result.results else None
     except (PartialsegError, OSError) as e:
@@ -423,7 +423,7 @@ def demo(
 
     try:
         result = run_demo(out, method=method, keep=keep, seed=seed, overrides=set_ or [])
-        from partialseg.evaluation.report import write_report
+        from partialseg.experiments.report import write_report
 
         report = write_report(result.out)
     except (PartialsegError, OSError) as e:
@@ -438,7 +438,7 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="Where to write the page (default: PATH/report.html).")] = None,
 ) -> None:
     """One self-contained HTML page: tables, per-case box plots, curves and overlays of reference and prediction."""
-    from partialseg.evaluation.report import write_report
+    from partialseg.experiments.report import write_report
 
     try:
         written = write_report(path, out)

@@ -25,7 +25,7 @@ mode, data, out, *overrides = sys.argv[1:]
 if mode == "prepare":
     pp.prepare_dataset(data, out, pp.PreprocessConfig(spacing=(2.0, 2.5, 3.0)), progress=False)
 else:
+    from partialseg.api import fit
     from partialseg.config import load_config
-    from partialseg.training.trainer import fit
 
     fit(data, out, load_config(None, overrides), progress=False)

@@ -79,8 +79,8 @@ def test_image_without_channel_suffix_is_an_error(broken_dataset):
 
 def test_resampled_size_limit_is_checked_on_the_plan(good_dataset):
     """The limit applies to the planned grid, so a big target is refused without touching voxels."""
-    from partialseg.data.checks import check_resampled_size
     from partialseg.preprocessing import grid_for
+    from partialseg.preprocessing.geometry import check_resampled_size
 
     meta = grid_for(np.diag([*SPACING, 1.0]), (512, 512, 400), (0.01, 0.01, 0.01))
     with pytest.raises(InputError, match="over the limit"):

@@ -14,10 +14,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from partialseg.checkpoint import save_atomic
 from partialseg.cli import app
 from partialseg.errors import OutputWriteError
 from partialseg.preprocessing import PreprocessConfig, prepare_dataset
-from partialseg.training.checkpoint import save_atomic
 from tests.faults.conftest import SPACING, checksums
 
 KILLER = Path(__file__).with_name("kill_during_prepare.py")

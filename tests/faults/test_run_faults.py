@@ -14,11 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from partialseg.api import fit
 from partialseg.cli import app
 from partialseg.config import RANGES, ExperimentConfig, load_config
 from partialseg.errors import InputError
 from partialseg.locking import folder_lock, lock_path
-from partialseg.training.trainer import fit
 from tests.conftest import write_block_dataset
 from tests.faults.conftest import SHAPE, SPACING, TINY, checksums
 
@@ -163,8 +163,8 @@ def test_crafted_checkpoint_is_refused_on_resume_without_running_it(trained, tmp
 
 
 def test_checkpoint_refuses_to_save_anything_but_plain_data(tmp_path):
+    from partialseg.checkpoint import save_atomic
     from partialseg.errors import PartialsegError
-    from partialseg.training.checkpoint import save_atomic
 
     with pytest.raises(PartialsegError, match=r"checkpoint\.config\.out is a pathlib"):
         save_atomic({"config": {"out": tmp_path}}, tmp_path / "model.pt")

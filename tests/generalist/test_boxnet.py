@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from partialseg import checkpoint as ckpt
 from partialseg.cli import app
 from partialseg.errors import InputError, PartialsegError
 from partialseg.generalist.base import build_generalist
@@ -24,7 +25,6 @@ from partialseg.generalist.boxnet import (
 )
 from partialseg.generalist.prompts import BoxPrompt, box_prompts_from_mask
 from partialseg.methods.ipnp import IPnPOptions
-from partialseg.training import checkpoint as ckpt
 from tests.conftest import write_block_dataset
 
 SPACING = (2.0, 2.5, 3.0)
@@ -194,10 +194,18 @@ def test_mask_is_pasted_back_where_the_window_was(tmp_path):
     np.testing.assert_array_equal(mask, expect)
 
 
-def test_training_options_are_checked_with_the_ipnp_options():
-    IPnPOptions(generalist="boxnet", generalist_training={"steps": 10})
+def test_training_options_are_checked_before_round_0(tmp_path):
+    from partialseg.config import load_config
+    from partialseg.pseudolabel.loop import check_generalist_options, run_ipnp
+
+    check_generalist_options(IPnPOptions(generalist="boxnet", generalist_training={"steps": 10}))
+    bad = IPnPOptions(generalist="boxnet", generalist_training={"stesp": 10})
     with pytest.raises(PartialsegError, match="unknown training option"):
-        IPnPOptions(generalist="boxnet", generalist_training={"stesp": 10})
+        check_generalist_options(bad)
+    with pytest.raises(PartialsegError, match="unknown training option"):  # before anything is written
+        run_ipnp(tmp_path / "no_dataset", tmp_path / "run", load_config(None, ["method.name=ipnp"]), bad, resume=False,
+                 progress=False)
+    assert not (tmp_path / "run").exists()
     with pytest.raises(PartialsegError, match="boxnet"):
         IPnPOptions(generalist="random_walker", generalist_training={"steps": 10})
     with pytest.raises(PartialsegError, match="crop_size"):

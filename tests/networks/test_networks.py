@@ -11,10 +11,10 @@ from partialseg.networks import (
     NETWORKS,
     SegmentationNetwork,
     build_network,
-    cpu_bf16_autocast_is_fast,
     dynunet_plan,
     tct_unet_parameter_count,
 )
+from partialseg.runtime import cpu_bf16_autocast_is_fast
 
 
 def table6_count(base: int, in_ch: int = 1, out_ch: int = 6) -> int:

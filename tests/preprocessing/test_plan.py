@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from partialseg.cli import app
-from partialseg.config import ExperimentConfig, PlanConfig, config_differences, load_config
+from partialseg.config import ExperimentConfig, PlanConfig, load_config
 from partialseg.data.dataset import PartialDataset
 from partialseg.labels import LabelSpace
+from partialseg.methods.resolve import config_differences
 from partialseg.preprocessing.fingerprint import DatasetFingerprint, fingerprint_dataset
 from partialseg.preprocessing.plan import (
     ACTIVATION_BYTES,

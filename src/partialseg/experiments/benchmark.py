@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences, load_config
+from partialseg.config import EXECUTION_KEYS, ExperimentConfig, load_config
 from partialseg.errors import InputError, PartialsegError
 from partialseg.evaluation.evaluate import CONVENTION
 from partialseg.io import write_json_atomic, write_text_atomic
+from partialseg.methods.resolve import config_differences
 
 log = logging.getLogger("partialseg.benchmark")
 
@@ -179,10 +180,10 @@ def build_config(preset: BenchmarkPreset, spec: MethodSpec, config_file: Path | 
 
 def train_predict_evaluate(spec: RunSpec, cfg: ExperimentConfig, test: Path, *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume, or skip if done), predict the test images, evaluate against the test labels."""
+    from partialseg.api import fit
+    from partialseg.checkpoint import CHECKPOINT_FILE, MODEL_FILE
     from partialseg.evaluation.evaluate import evaluate_folders
     from partialseg.inference.predict import predict_folder
-    from partialseg.training.checkpoint import CHECKPOINT_FILE, MODEL_FILE
-    from partialseg.training.trainer import fit
 
     run = spec.run_dir
     if (run / "config.yaml").exists():
@@ -214,11 +215,11 @@ def train_predict_evaluate(spec: RunSpec, cfg: ExperimentConfig, test: Path, *, 
 def postprocessed_evaluation(run: Path, test: Path) -> dict[str, Any] | None:
     """The test evaluation with the run's postprocessing applied to its raw test predictions, or None
     when training chose none (``RUN/test_pred_pp/``, ``RUN/test_eval_pp.json``)."""
+    from partialseg import checkpoint as ckpt
     from partialseg.evaluation.evaluate import evaluate_folders
     from partialseg.inference.postprocess import keep_largest_components
     from partialseg.io import atomic_output_dir, load_volume, save_volume
     from partialseg.labels import LabelSpace
-    from partialseg.training import checkpoint as ckpt
 
     m = ckpt.load(run / ckpt.MODEL_FILE)
     organs = list(m.get("postprocessing", {}).get("largest_component", []))

@@ -41,6 +41,7 @@ def run_transfer(
     ``finetune_overrides`` apply over each source run's own configuration (the benchmark's ``--set``
     and the step budget, which should equal the scratch run's).
     """
+    from partialseg.checkpoint import MODEL_FILE
     from partialseg.evaluation.evaluate import evaluate_folders
     from partialseg.experiments.benchmark import (
         RUN_LABEL_FILE,
@@ -53,7 +54,6 @@ def run_transfer(
     )
     from partialseg.inference.predict import predict_folder
     from partialseg.synthetic import synthesize_dataset
-    from partialseg.training.checkpoint import MODEL_FILE
     from partialseg.training.finetune import finetune
 
     out = Path(out)

@@ -193,7 +193,7 @@ def _sample(cases: Sequence[BoxNetCase], by_organ: dict[int, list[int]], cfg: Bo
 
 def existing_boxnet(out: str | Path, cfg: BoxNetConfig, spacing: Sequence[float]) -> Path | None:
     """``out/boxnet.pt`` if it exists and was trained with ``cfg`` at ``spacing``; None if absent; else an error."""
-    from partialseg.training import checkpoint as ckpt
+    from partialseg import checkpoint as ckpt
 
     f = Path(out) / MODEL_FILE
     if not f.exists():
@@ -226,12 +226,12 @@ def train_boxnet(
     """
     import torch
 
+    from partialseg import checkpoint as ckpt
     from partialseg import losses as L
-    from partialseg.inference.sliding_window import autocast_context
     from partialseg.io import write_json_atomic
     from partialseg.progress import progress as progress_bar
-    from partialseg.training import checkpoint as ckpt
-    from partialseg.training.trainer import lr_at, plot_curves, resolve_device, write_log
+    from partialseg.runtime import autocast_context, resolve_device
+    from partialseg.training.trainer import lr_at, plot_curves, write_log
 
     cfg = cfg or BoxNetConfig()
     out = Path(out)
@@ -319,8 +319,8 @@ class BoxNetGeneralist(Generalist):
                  spacing_tolerance: float = 0.1, amp_cpu: bool = False) -> None:
         import torch
 
-        from partialseg.training import checkpoint as ckpt
-        from partialseg.training.trainer import resolve_device
+        from partialseg import checkpoint as ckpt
+        from partialseg.runtime import resolve_device
 
         folder = Path(model_folder)
         f = folder / MODEL_FILE
@@ -344,7 +344,7 @@ class BoxNetGeneralist(Generalist):
     def segment(self, image: np.ndarray, spacing: Sequence[float], prompts: Sequence[BoxPrompt]) -> np.ndarray:
         from scipy import ndimage
 
-        from partialseg.inference.sliding_window import autocast_context
+        from partialseg.runtime import autocast_context
 
         arr = self._check(image, spacing, prompts)
         rel = max(abs(float(a) - b) / b for a, b in zip(spacing, self.spacing))

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from partialseg import checkpoint as ckpt
 from partialseg.data.checks import warn_if_not_ct
 from partialseg.errors import InputError
 from partialseg.io import Volume, atomic_output_dir, load_volume, save_volume, write_json_atomic
 from partialseg.labels import LabelSpace
 from partialseg.methods.base import Method, get_method
-from partialseg.training import checkpoint as ckpt
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Predictor:
         augmentation (:class:`~partialseg.inference.sliding_window.LeftRightMirrored`, twice the time)."""
         from partialseg.networks import build_network
         from partialseg.preprocessing import NormalizationStats, PreprocessConfig
-        from partialseg.training.trainer import resolve_device
+        from partialseg.runtime import resolve_device
 
         path = Path(run_or_model)
         if path.is_dir():

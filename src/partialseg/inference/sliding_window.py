@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-
-def autocast_context(device: torch.device, enabled: bool, cpu: bool = False):
-    """bf16 autocast when ``enabled``: on CUDA; on the CPU only with ``cpu=True`` and native bf16
-    instructions (AVX512-BF16/AMX), where a training step takes ~0.6× the float32 time
-    (benchmarks/network_step.py) but oneDNN's bf16 kernels are not bit-reproducible run to run, so
-    seeded CPU determinism needs float32. Losses cast to float32 themselves."""
-    if not enabled:
-        return nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and cpu:
-        from partialseg.networks.precision import cpu_bf16_autocast_is_fast
-
-        if cpu_bf16_autocast_is_fast():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
-
+from partialseg.runtime import autocast_context
 
 #: float32 working memory of one slab (MONAI's output buffer of logits and its weight map)
 DEFAULT_SLAB_GB = 2.0

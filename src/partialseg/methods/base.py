@@ -65,6 +65,9 @@ class Method:
 
     name: ClassVar[str] = ""
     options_cls: ClassVar[type] = NoOptions
+    #: the multi-stage procedure that trains this method (``partialseg.api.PROCEDURES``: IPnP's rounds,
+    #: PFL's teachers and student); None: one training run
+    procedure: ClassVar[str | None] = None
 
     def __init__(self, label_space: LabelSpace, options: dict[str, Any] | None = None) -> None:
         self.label_space = label_space

@@ -16,10 +16,8 @@ specialist's loss is ``Marginal``'s; ``fit`` runs the rounds in ``partialseg.pse
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from partialseg.config import ExperimentConfig
 from partialseg.errors import PartialsegError
 from partialseg.methods.base import register
 from partialseg.methods.baselines import Marginal, MarginalOptions
@@ -75,12 +73,10 @@ class IPnPOptions(MarginalOptions):
             raise PartialsegError(f"ipnp: tau must be in [0, 1), got {self.tau}")
         if self.padding < 0 or self.dilation < 0:
             raise PartialsegError("ipnp: padding and dilation must be ≥ 0")
-        if self.generalist_training:
-            if self.generalist != "boxnet":
-                raise PartialsegError("ipnp: generalist_training applies to generalist='boxnet' only")
-            from partialseg.generalist.boxnet import BoxNetConfig
-
-            BoxNetConfig.from_options(self.generalist_training)  # fail at config time, not after round 0
+        if self.generalist_training and self.generalist != "boxnet":
+            raise PartialsegError("ipnp: generalist_training applies to generalist='boxnet' only")
+        # the keys of generalist_training are checked by pseudolabel.loop.check_generalist_options when the
+        # run starts, before round 0 (the generalists sit above the methods: options cannot import them)
 
 
 @dataclass
@@ -99,16 +95,7 @@ class IPnPGatedOptions(IPnPOptions):
 class IPnP(Marginal):
     name = "ipnp"
     options_cls = IPnPOptions
-
-    @classmethod
-    def fit(cls, dataset: str | Path, out: str | Path, config: ExperimentConfig | None, *, resume: bool = False,
-            progress: bool = True) -> Path:
-        from partialseg.config import load_config
-        from partialseg.pseudolabel.loop import run_ipnp
-
-        cfg = config if config is not None else load_config(Path(out) / "config.yaml")
-        opts = cls.options_cls(**cfg.method.options)
-        return run_ipnp(dataset, out, cfg, opts, resume=resume, progress=progress)
+    procedure = "ipnp"  # round 0, then rounds of pseudo-labelling and retraining (partialseg.pseudolabel.loop)
 
 
 @register

@@ -10,12 +10,13 @@ as labelled, which makes it ordinary CE + Dice on the pseudo-full labels (no VLS
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from partialseg.config import ExperimentConfig
 from partialseg.errors import PartialsegError
 from partialseg.methods.base import register
 from partialseg.methods.baselines import Marginal, MarginalOptions
+
+#: how PFL groups the organs into teachers (``PFLOptions.grouping``)
+GROUPINGS = ("auto", "source", "organ")
 
 
 @dataclass
@@ -28,8 +29,6 @@ class PFLOptions(MarginalOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from partialseg.pseudolabel.pfl import GROUPINGS
-
         if self.grouping not in GROUPINGS:
             raise PartialsegError(f"pfl: grouping must be one of {list(GROUPINGS)}, got {self.grouping!r}")
         if self.teacher_steps < 0:
@@ -40,12 +39,4 @@ class PFLOptions(MarginalOptions):
 class PFL(Marginal):
     name = "pfl"
     options_cls = PFLOptions
-
-    @classmethod
-    def fit(cls, dataset: str | Path, out: str | Path, config: ExperimentConfig | None, *, resume: bool = False,
-            progress: bool = True) -> Path:
-        from partialseg.config import load_config
-        from partialseg.pseudolabel.pfl import run_pfl
-
-        cfg = config if config is not None else load_config(Path(out) / "config.yaml")
-        return run_pfl(dataset, out, cfg, cls.options_cls(**cfg.method.options), resume=resume, progress=progress)
+    procedure = "pfl"  # teachers, pseudo-full labels, student (partialseg.pseudolabel.pfl)

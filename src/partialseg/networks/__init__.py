@@ -15,7 +15,6 @@ from typing import Any
 from partialseg.errors import InputError
 from partialseg.networks.base import SegmentationNetwork, check_patch_size
 from partialseg.networks.dynunet import DynUNetPlan, DynUNetSegmentation, dynunet_plan
-from partialseg.networks.precision import cpu_bf16_autocast_is_fast
 from partialseg.networks.unet import TCTUNet, tct_unet_parameter_count
 
 #: Name -> constructor ``(in_channels, out_channels, **options) -> SegmentationNetwork``.
@@ -69,7 +68,6 @@ __all__ = [
     "TCTUNet",
     "build_network",
     "check_patch_size",
-    "cpu_bf16_autocast_is_fast",
     "dynunet_plan",
     "network_options",
     "tct_unet_parameter_count",

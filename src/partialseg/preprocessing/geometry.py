@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -190,3 +191,22 @@ def median_spacing(dataset: PartialDataset) -> Spacing:
         spacings.append(ras_spacing(affine))
     return tuple(float(s) for s in np.median(np.array(spacings), axis=0))  # type: ignore[return-value]
 
+
+#: largest resampled volume (voxels) preprocessing will allocate: 4 GiB as float32, about 16
+#: times a 512×512×1000 CT at its own spacing
+MAX_RESAMPLED_VOXELS = 2**30
+
+
+def check_resampled_size(meta: GridMeta, path: str | Path | None, limit: int = MAX_RESAMPLED_VOXELS) -> None:
+    """Raise ``InputError`` naming ``path`` before allocating a resampled grid over ``limit`` voxels."""
+    n = int(np.prod(np.array(meta.shape, dtype=np.int64)))
+    if n <= limit:
+        return
+    spacing = ", ".join(f"{s:g}" for s in meta.ras_spacing)
+    target = ", ".join(f"{t:g}" for t in meta.target_spacing)
+    raise InputError(
+        path,
+        f"resampling {list(meta.ras_shape)} voxels of ({spacing}) mm to ({target}) mm would make "
+        f"{list(meta.shape)} = {n / 1e9:.2f} G voxels ({n * 4 / 2**30:.0f} GiB as float32), over the limit of "
+        f"{limit / 1e9:.2f} G: check the voxel size in the header (pixdim in µm instead of mm?) or the target spacing",
+    )

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from partialseg.data.checks import check_resampled_size
 from partialseg.errors import InputError, PartialsegError
 from partialseg.io import AFFINE_ATOL, Volume
 from partialseg.preprocessing.config import LABEL_RESAMPLINGS, PreprocessConfig, Spacing
-from partialseg.preprocessing.geometry import GridMeta, from_ras, grid_for, to_ras
+from partialseg.preprocessing.geometry import GridMeta, check_resampled_size, from_ras, grid_for, to_ras
 from partialseg.preprocessing.normalisation import NormalizationStats, normalize_intensities
 from partialseg.preprocessing.resampling import resample, resample_labels
 

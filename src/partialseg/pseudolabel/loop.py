@@ -36,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences
+from partialseg.config import EXECUTION_KEYS, ExperimentConfig
 from partialseg.errors import InputError
 from partialseg.io import write_json_atomic, write_text_atomic
+from partialseg.methods.resolve import config_differences
 from partialseg.pseudolabel.refine import Decision, assemble, entropy, entropy_rule, prompt_mask, refine
 from partialseg.pseudolabel.store import has_pseudo, load_pseudo, save_pseudo
 
@@ -247,17 +248,26 @@ def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
     return c
 
 
+def check_generalist_options(opts: Any) -> None:
+    """Fail on a bad ``generalist_training`` before round 0 trains, not after it."""
+    if opts.generalist == "boxnet" and opts.generalist_training:
+        from partialseg.generalist.boxnet import BoxNetConfig
+
+        BoxNetConfig.from_options(opts.generalist_training)
+
+
 def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Round 0 on the partial labels, then ``opts.rounds`` rounds of prompting, refinement and retraining."""
+    from partialseg import checkpoint as ckpt
     from partialseg.generalist.base import build_generalist
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
     from partialseg.preprocessing import PreparedDataset, class_locations
     from partialseg.progress import progress as progress_bar
-    from partialseg.training import checkpoint as ckpt
     from partialseg.training.stages import open_stage_run
     from partialseg.training.trainer import TrainCase, load_train_cases, train
 
+    check_generalist_options(opts)
     run, cfg = open_stage_run(out, cfg, resume=resume)
 
     r0 = run / "round_0"
@@ -388,7 +398,7 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     augmentation and training settings equal ``cfg``'s; its files are copied into ``r0`` (nothing is
     moved), and a prepared cache inside it hard-linked where possible (a shared cache is referenced).
     """
-    from partialseg.training import checkpoint as ckpt
+    from partialseg import checkpoint as ckpt
 
     model = source / ckpt.MODEL_FILE
     if not model.exists():

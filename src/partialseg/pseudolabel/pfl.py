@@ -30,11 +30,10 @@ import numpy as np
 from partialseg.config import ExperimentConfig
 from partialseg.errors import InputError, PartialsegError
 from partialseg.io import read_json, write_json_atomic
+from partialseg.methods.pfl import GROUPINGS
 from partialseg.pseudolabel.store import has_pseudo, load_pseudo, save_pseudo
 
 log = logging.getLogger("partialseg.pfl")
-
-GROUPINGS = ("auto", "source", "organ")
 
 
 @dataclass(frozen=True)
@@ -140,11 +139,11 @@ def _stage_cfg(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
 
 def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
     """Train the teachers, write the pseudo-full labels, train the student (module docstring)."""
+    from partialseg import checkpoint as ckpt
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
     from partialseg.preprocessing import PreparedDataset, class_locations
     from partialseg.progress import progress as progress_bar
-    from partialseg.training import checkpoint as ckpt
     from partialseg.training.stages import open_stage_run
     from partialseg.training.trainer import TrainCase, load_train_cases, prepared_cache, split_cases, train
 

@@ -85,11 +85,11 @@ def finetune(
     progress: bool = True,
 ) -> Path:
     """Fine-tune the model of ``source_run`` on ``dataset`` into the new run folder ``out``."""
+    from partialseg import checkpoint as ckpt
     from partialseg.config import load_config
     from partialseg.data.dataset import PartialDataset
     from partialseg.labels import LabelSpace
     from partialseg.preprocessing import PreparedDataset
-    from partialseg.training import checkpoint as ckpt
     from partialseg.training.trainer import build_model, train
 
     source_run, out, dataset = Path(source_run), Path(out), Path(dataset)
@@ -110,7 +110,7 @@ def finetune(
         cfg = load_config(None, list(overrides), base=base)
         from partialseg.methods import get_method
 
-        if getattr(get_method(cfg.method.name), "fit", None) is not None:
+        if get_method(cfg.method.name).procedure is not None:
             raise PartialsegError(f"method {cfg.method.name!r} trains in several stages; fine-tuning trains one run "
                                   "(use full, marginal, tct, ...)")
         trained = m["config"]["network"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from partialseg.config import EXECUTION_KEYS, ExperimentConfig, config_differences, load_config, with_method_defaults
+from partialseg.config import EXECUTION_KEYS, ExperimentConfig, load_config
 from partialseg.errors import InputError, OutputExistsError
 from partialseg.io import write_text_atomic
+from partialseg.methods.resolve import config_differences, with_method_defaults
 
 
 def open_stage_run(out: str | Path, cfg: ExperimentConfig, *, resume: bool) -> tuple[Path, ExperimentConfig]:

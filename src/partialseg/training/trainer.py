@@ -38,13 +38,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from partialseg.config import ExperimentConfig, with_method_defaults
+from partialseg import checkpoint as ckpt
+from partialseg.config import ExperimentConfig
 from partialseg.errors import InputError, OutputExistsError, PartialsegError
 from partialseg.io import write_json_atomic, write_text_atomic
 from partialseg.labels import LabelSpace
 from partialseg.locking import folder_lock
 from partialseg.methods.base import Method, StepContext, TrainingModel, get_method
-from partialseg.training import checkpoint as ckpt
+from partialseg.methods.resolve import with_method_defaults
+from partialseg.runtime import resolve_device
 from partialseg.training import runlog
 from partialseg.training.validation import validate, validate_patches
 
@@ -69,18 +71,6 @@ class TrainCase:
 class RunState:
     step: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        raise PartialsegError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PartialsegError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 def lr_at(step: int, total: int, cfg_lr: float, schedule: str) -> float:
@@ -205,7 +195,8 @@ def load_train_cases(prepared, case_ids: Sequence[str]) -> list[TrainCase]:
 
 
 def _resolve_run(run: Path, config: ExperimentConfig | None, resume: bool, rank: int = 0) -> ExperimentConfig:
-    from partialseg.config import EXECUTION_KEYS, config_differences, load_config
+    from partialseg.config import EXECUTION_KEYS, load_config
+    from partialseg.methods.resolve import config_differences
 
     cfg_file = run / "config.yaml"
     if resume:
@@ -397,7 +388,7 @@ def _train(
             lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            from partialseg.inference.sliding_window import autocast_context
+            from partialseg.runtime import autocast_context
 
             with autocast_context(device, cfg.train.amp, cfg.train.amp_cpu):
                 loss, parts = ddp_model(batch, StepContext(step, total))
@@ -504,29 +495,3 @@ def build_model(cfg: ExperimentConfig, space: LabelSpace) -> tuple[Method, nn.Mo
     torch.manual_seed(cfg.train.seed)
     method = get_method(cfg.method.name)(space, cfg.method.options)
     return method, method.wrap_network(build_network(cfg.network.name, 1, method.output_channels(), **cfg.network.options))
-
-
-def fit(
-    dataset: str | Path,
-    out: str | Path,
-    config: ExperimentConfig | None = None,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Train with the method's own procedure: a method class may define ``fit`` (e.g. IPnP's rounds of
-    pseudo-labelling and retraining); every other method is one ``train`` run."""
-    from partialseg.config import load_config
-
-    if config is not None:
-        config.validate()
-    elif not (Path(out) / "config.yaml").exists():
-        raise InputError(out, "nothing to resume: no config.yaml in this run folder")
-    name = config.method.name if config is not None else load_config(Path(out) / "config.yaml").method.name
-    cls = get_method(name)
-    custom = getattr(cls, "fit", None)
-    if custom is None:
-        return train(dataset, out, config, resume=resume, progress=progress)
-    _, rank, _ = _dist_info()
-    with run_guard(Path(out), resume, rank):
-        return custom(dataset, out, config, resume=resume, progress=progress)

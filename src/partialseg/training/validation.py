@@ -65,7 +65,7 @@ def validate_patches(
     """Per-class Dice from TP/FP/FN summed over ``train.val_patches`` fixed patches per case
     (``val_patch_dsc_<organ>``, ``val_patch_dsc_mean``); classes absent from every patch and prediction
     are left out. One forward per patch: no sliding window, no full-volume arrays."""
-    from partialseg.inference.sliding_window import autocast_context
+    from partialseg.runtime import autocast_context
     from partialseg.training.sampling import sample_patch
 
     space = method.label_space

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from partialseg.cli import app
 from partialseg.errors import InputError
-from partialseg.evaluation.report import write_report
 from partialseg.experiments.benchmark import run_benchmark
+from partialseg.experiments.report import write_report
 from tests.experiments.test_benchmark import TINY
 
 
