@@ -230,8 +230,9 @@ def train_boxnet(
     from partialseg import losses as L
     from partialseg.io import write_json_atomic
     from partialseg.progress import progress as progress_bar
-    from partialseg.runtime import autocast_context, resolve_device
-    from partialseg.training.trainer import lr_at, plot_curves, write_log
+    from partialseg.runtime import resolve_device
+    from partialseg.training.engine import lr_at, run_steps
+    from partialseg.training.trainer import plot_curves, write_log
 
     cfg = cfg or BoxNetConfig()
     out = Path(out)
@@ -265,29 +266,28 @@ def train_boxnet(
         log.info("boxnet: resuming at step %d", step)
     net.train()
     bar = progress_bar(total=cfg.steps, initial=step, desc="boxnet generalist", unit="step", enabled=progress)
-    while step < cfg.steps:
+
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         # one generator per step: a resumed run draws exactly the batches an uninterrupted one does
         rng = np.random.default_rng([cfg.seed, step])
         xs, ys = zip(*(_sample(cases, by_organ, cfg, rng) for _ in range(cfg.batch_size)))
-        x = torch.from_numpy(np.stack(xs)).to(dev)
-        y = torch.from_numpy(np.stack(ys)).to(dev)
-        lr = lr_at(step, cfg.steps, cfg.lr, "poly")
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with autocast_context(dev, amp, amp_cpu):
-            logits = net(x)
-        loss = L.full_loss(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
-        opt.step()
-        step += 1
-        rows.append({"step": step, "loss": float(loss.detach()), "lr": lr})
+        return torch.from_numpy(np.stack(xs)).to(dev), torch.from_numpy(np.stack(ys)).to(dev)
+
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = L.full_loss(net(batch[0]).float(), batch[1])
+        return loss, {"loss": float(loss.detach())}
+
+    def after_step(step: int, row: dict[str, Any], loss: torch.Tensor) -> None:
+        rows.append(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            ckpt.save_atomic({"state_dict": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            ckpt.save_atomic({"state_dict": net.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
                               "rows": rows, "config": asdict(cfg)}, out / _CHECKPOINT)
+
+    run_steps(start=step, total=cfg.steps, next_batch=next_batch, loss_of=loss_of, optimizer=opt, parameters=net.parameters(),
+              lr=lambda s: lr_at(s, cfg.steps, cfg.lr, "poly"), grad_clip=12.0, device=dev, amp=amp, amp_cpu=amp_cpu,
+              after_step=after_step)
     bar.close()
     write_log(rows, out)
     plot_curves(rows, out / "curves.png", title="boxnet generalist")

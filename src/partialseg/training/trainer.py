@@ -48,6 +48,7 @@ from partialseg.methods.base import Method, StepContext, TrainingModel, get_meth
 from partialseg.methods.resolve import with_method_defaults
 from partialseg.runtime import resolve_device
 from partialseg.training import runlog
+from partialseg.training.engine import lr_at, run_steps
 from partialseg.training.validation import validate, validate_patches
 
 log = logging.getLogger("partialseg.train")
@@ -71,14 +72,6 @@ class TrainCase:
 class RunState:
     step: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def lr_at(step: int, total: int, cfg_lr: float, schedule: str) -> float:
-    if schedule == "constant":
-        return cfg_lr
-    if schedule == "poly":
-        return cfg_lr * (1.0 - step / max(total, 1)) ** 0.9
-    raise PartialsegError(f"unknown lr schedule {schedule!r}; use 'poly' or 'constant'")
 
 
 def build_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
@@ -382,52 +375,44 @@ def _train(
         log.info("batches made by %d background workers", workers)
     model.train()
     t0 = time.perf_counter()
+
+    def after_step(step: int, row: dict[str, Any], loss: torch.Tensor) -> None:
+        nonlocal evidence, logged
+        last = step + 1 == total
+        if rank == 0 and val_cases and (_every(step, cfg.train.val_every) or _every(step, cfg.train.val_full_every) or last):
+            if last and cfg.train.postprocessing == "auto":
+                from partialseg.inference.postprocess import PostprocessingEvidence
+
+                evidence = PostprocessingEvidence(space.names)
+            full = last or (cfg.train.val_full_every and (step + 1) % cfg.train.val_full_every == 0)
+            if full:
+                row.update(validate(net, method, val_cases, cfg, device, evidence=evidence if last else None,
+                                    spacing=prepared.config.spacing))
+            if not last:
+                row.update(validate_patches(net, method, val_cases, cfg, device))
+            log.info("step %d: %s", step + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith("dsc_mean")))
+        state.rows.append(row)
+        state.step = step + 1
+        if (step + 1) % max(cfg.train.checkpoint_every, 1) == 0 or last:
+            if rank == 0:
+                # rows first: a kill between the two leaves extra rows, which the resume cuts off
+                runlog.append_rows(run, state.rows[logged:])
+                logged = len(state.rows)
+                ckpt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                  "step": state.step, "log_rows": logged, "config": cfg.to_dict()}, ck_path)
+        if bar is not None:
+            val = row.get("val_dsc_mean", row.get("val_patch_dsc_mean"))
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val": f"{val:.3f}"} if val is not None else {}))
+            bar.update(1)
+        if on_step is not None:
+            on_step(step)
+
     try:
-        for step in range(state.step, total):
-            batch = next(batches).to(device)
-            lr = lr_at(step, total, cfg.optim.lr, cfg.optim.schedule)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            from partialseg.runtime import autocast_context
-
-            with autocast_context(device, cfg.train.amp, cfg.train.amp_cpu):
-                loss, parts = ddp_model(batch, StepContext(step, total))
-            if not torch.isfinite(loss.detach()):
-                raise PartialsegError(f"loss became {float(loss.detach())} at step {step}; lower optim.lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            row: dict[str, Any] = {"step": step + 1, "lr": lr, **parts, "seconds": round(time.perf_counter() - t0, 3)}
-            last = step + 1 == total
-            if rank == 0 and val_cases and (_every(step, cfg.train.val_every) or _every(step, cfg.train.val_full_every) or last):
-                if last and cfg.train.postprocessing == "auto":
-                    from partialseg.inference.postprocess import PostprocessingEvidence
-
-                    evidence = PostprocessingEvidence(space.names)
-                full = last or (cfg.train.val_full_every and (step + 1) % cfg.train.val_full_every == 0)
-                if full:
-                    row.update(validate(net, method, val_cases, cfg, device, evidence=evidence if last else None,
-                                        spacing=prepared.config.spacing))
-                if not last:
-                    row.update(validate_patches(net, method, val_cases, cfg, device))
-                log.info("step %d: %s", step + 1, ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith("dsc_mean")))
-            state.rows.append(row)
-            state.step = step + 1
-            if (step + 1) % max(cfg.train.checkpoint_every, 1) == 0 or last:
-                if rank == 0:
-                    # rows first: a kill between the two leaves extra rows, which the resume cuts off
-                    runlog.append_rows(run, state.rows[logged:])
-                    logged = len(state.rows)
-                    ckpt.save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                      "step": state.step, "log_rows": logged, "config": cfg.to_dict()}, ck_path)
-            if bar is not None:
-                val = row.get("val_dsc_mean", row.get("val_patch_dsc_mean"))
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **({"val": f"{val:.3f}"} if val is not None else {}))
-                bar.update(1)
-            if on_step is not None:
-                on_step(step)
+        run_steps(start=state.step, total=total, next_batch=lambda step: next(batches).to(device),
+                  loss_of=lambda batch, step: ddp_model(batch, StepContext(step, total)), optimizer=optimizer,
+                  parameters=model.parameters(), lr=lambda step: lr_at(step, total, cfg.optim.lr, cfg.optim.schedule),
+                  grad_clip=cfg.optim.grad_clip, device=device, amp=cfg.train.amp, amp_cpu=cfg.train.amp_cpu,
+                  after_step=after_step)
     finally:
         batches.close()  # stops the loader's workers
         if bar is not None:
