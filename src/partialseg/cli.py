@@ -302,8 +302,20 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="YAML config file.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.steps=200 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed or finished run from its last checkpoint.")] = False,
+    engine: Annotated[str, typer.Option(help="'partialseg' or 'nnunet': nnU-Net v2 plans, preprocesses and trains with the method's loss inside RUN (needs requirements-nnunet.txt; --set nnunet.epochs=...).")] = "partialseg",
 ) -> None:
     """Train a model on a partially labelled dataset."""
+    if engine != "partialseg":
+        from partialseg.engines.nnunet.drive import train_run
+
+        try:
+            if engine != "nnunet" or config is not None:
+                raise PartialsegError("--engine takes 'partialseg' or 'nnunet'; the nnunet engine reads no --config")
+            folder = train_run(dataset, out, method or "marginal", set_ or [], resume=resume)
+        except (PartialsegError, OSError) as e:
+            _fail(e)
+        _say(f"nnU-Net model in {folder}")
+        return
     from partialseg.config import load_config
     from partialseg.api import fit as run_training
 

@@ -117,7 +117,7 @@ def prepared(tmp_path_factory):
     with nnunet_environment(root / "run") as paths:
         folder = plan_and_preprocess(root / "partial", paths, DATASET_ID, num_processes=1, edit_plans=_tiny_plan,
                                      splits=[{"train": cases[:3], "val": cases[3:]}])
-    return {"paths": paths, "folder": folder, "dataset_json": dj, "cases": cases}
+    return {"paths": paths, "folder": folder, "dataset_json": dj, "cases": cases, "dataset": root / "partial"}
 
 
 @pytest.fixture
@@ -298,6 +298,39 @@ def test_nnunets_external_trainer_lookup_finds_our_classes():
         # what nnunetv2.utilities.find_objects does with each nnUNet_extTrainer folder
         found = recursive_find_python_class(folder, name, None, base_folder=folder, cleanup_imports_from_base_folder=True)
         assert found is cls
+
+
+@needs_nnunet
+def test_cli_train_with_the_nnunet_engine_keeps_everything_inside_the_run(prepared, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from partialseg.cli import app
+    from partialseg.engines.nnunet.drive import _trainer_class
+
+    for name in PATH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    ds, run = prepared["dataset"], tmp_path / "run"
+    before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
+    args = ["train", str(ds), "--out", str(run), "--engine", "nnunet", "--method", "exclusion"]
+    small = ["--set", "nnunet.epochs=1", "--set", "nnunet.iterations=2", "--set", "nnunet.val_iterations=1",
+             "--set", "nnunet.validate=false", "--set", "nnunet.num_processes=1"]
+    r = CliRunner().invoke(app, args + small + ["--set", "method.options.exclusion_weight=0.5"])
+    assert r.exit_code == 0, r.output
+    record = json.loads((run / "nnunet.json").read_text())
+    assert record["trainer"] == trainer_name("exclusion") and record["method_options"] == {"exclusion_weight": 0.5}
+    raw = run / "nnUNet_raw" / record["nnunet_dataset"]
+    assert raw.is_symlink() and raw.resolve() == ds.resolve()
+    fold = run / "nnUNet_results" / record["nnunet_dataset"] / f"{trainer_name('exclusion')}__nnUNetPlans__{CONFIG}" / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file() and (run / "nnUNet_preprocessed" / record["nnunet_dataset"]).is_dir()
+    assert all(name not in os.environ for name in PATH_VARIABLES)  # set for the call only
+    assert {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()} == before  # the dataset is only read
+    cls = _trainer_class("exclusion", {"exclusion_weight": 0.5})
+    assert cls.__name__ == trainer_name("exclusion") and cls.partialseg_options == {"exclusion_weight": 0.5}
+    for extra, message in ((small, "already exists"), (["--set", "train.steps=3"], "nnunet engine takes"),
+                           (["--engine", "monai"], "--engine takes")):
+        r = CliRunner().invoke(app, args + extra if extra != small else args + small)
+        assert r.exit_code == 2 and message in r.output, r.output
 
 
 def _torchvision_imports() -> bool:

@@ -10,6 +10,7 @@ caller edit the plans between planning and preprocessing (a smaller patch or net
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,16 @@ def plan_and_preprocess(
     link = link_raw_dataset(dataset, paths["nnUNet_raw"], dataset_id)
     extract_fingerprints([dataset_id], num_processes=num_processes, check_dataset_integrity=True, verbose=verbose,
                          show_progress_bar=verbose)
-    plan_experiments([dataset_id])
+    # nnU-Net's planner sets torch's thread count to nnUNet_n_proc_DA while it sizes the network, and 0 (nnU-Net's
+    # own setting for "no augmentation workers", common on CPUs) makes torch raise; 1 thread only for that estimate
+    n_da = os.environ.get("nnUNet_n_proc_DA")
+    if n_da is not None and n_da.strip() == "0":
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        plan_experiments([dataset_id])
+    finally:
+        if n_da is not None:
+            os.environ["nnUNet_n_proc_DA"] = n_da
     folder = Path(paths["nnUNet_preprocessed"]) / link.name
     pf = plans_file(folder)
     plans = json.loads(pf.read_text())
