@@ -3,10 +3,10 @@
 Synthesises phantoms (``--shape`` at ``--spacing``), makes them partially labelled (keep 0.33), then for
 each case count in ``--cases`` runs one short IPnP training (``partialseg train --method ipnp``: round 0
 and ``--rounds`` pseudo-labelling rounds of a few steps, the default generalist) in its own process and
-reads that process's peak RSS (``wait4``). With ``--src DIR`` the same runs are repeated with another
+reads the peak memory of its process tree (``_measure``). With ``--src DIR`` the same runs are repeated with another
 checkout's ``src`` (e.g. a commit from before the pseudo-labels were streamed) as the reference.
 
-The figure that matters is the growth of the *anonymous* peak (sampled from ``/proc``) per extra case:
+The figure that matters is the growth of the *anonymous* peak per extra case:
 plain RSS also counts the memory-mapped pages of every case read so far, which the kernel reclaims. Per case the pseudo-labelling
 round makes a label map (int16) and, for each accepted organ, a boolean mask; a round that keeps them
 in RAM grows by about ``voxels × (2 + organs)`` bytes per case, a streamed one not at all.
@@ -19,42 +19,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _anon_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+from _measure import run_measured  # noqa: E402
 
 
 def _run(cmd: list[str], src: Path, log: Path) -> tuple[float, float, float]:
-    """(peak RSS MB, peak anonymous RSS MB sampled every 0.1 s, seconds) of one command, ``src`` first on the path."""
-    env = dict(os.environ, PYTHONPATH=str(src))
-    t0 = time.perf_counter()
-    peak_anon = 0.0
-    with open(log, "w") as fh:
-        p = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            peak_anon = max(peak_anon, _anon_mb(p.pid) or 0.0)
-            time.sleep(0.1)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
-    return usage.ru_maxrss / 1024, peak_anon, time.perf_counter() - t0
+    """(peak RSS MB, peak anonymous RSS MB, seconds) of one command's process tree, ``src`` first on the path."""
+    m = run_measured(cmd, log, env=dict(os.environ, PYTHONPATH=str(src)))
+    return m.peak_rss_mb, m.peak_anon_mb, m.seconds
 
 
 def main() -> None:
