@@ -65,6 +65,10 @@ def test_smooth_field_slabs_equal_the_whole_and_have_unit_sd(monkeypatch: pytest
     lag = 3
     r = np.corrcoef(f[:-lag].ravel(), f[lag:].ravel())[0, 1]
     assert abs(r - np.exp(-((lag * 0.8 / 2.0) ** 2) / 4)) < 0.08
+    # between its planes a lazy field is the linear interpolation of them, as upsample_linear makes it
+    f = smooth_field(np.random.default_rng(4), g, 40.0)
+    assert f.factor > 1
+    np.testing.assert_allclose(f.full(), upsample_linear(f.planes, g.shape, (f.factor, 1, 1)), atol=1e-5)
     # a scaled field reads the same values times the gain
     base = smooth_field(np.random.default_rng(3), g, 40.0)
     again = smooth_field(np.random.default_rng(3), g, 40.0).scaled(2.5)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import ndtri
 
 from partialseg.synthetic.config import PhantomConfig
 from partialseg.synthetic.tissues import T
@@ -54,6 +55,16 @@ class Grid:
 
 
 
+class BoxMask:
+    """A grid-sized boolean mask that is only ever read by box (``mask[sl]``), computed per box on demand."""
+
+    def __init__(self, box: Callable[[tuple[slice, ...]], np.ndarray]) -> None:
+        self._box = box
+
+    def __getitem__(self, sl: tuple[slice, ...]) -> np.ndarray:
+        return self._box(sl)
+
+
 class Canvas:
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
@@ -67,7 +78,7 @@ class Canvas:
         mask: np.ndarray,
         tissue: int | np.ndarray,
         label: int | None = 0,
-        allowed: np.ndarray | None = None,
+        allowed: np.ndarray | BoxMask | None = None,
         keep_labels: Sequence[int] = (),
     ) -> None:
         """Write ``tissue`` (scalar or array on the box) and ``label`` where ``mask`` (& ``allowed``).
@@ -93,8 +104,10 @@ class Canvas:
 
 #: grids of up to this many voxels are drawn exactly as before the large-grid shortcuts (the cpu and gpu
 #: presets and everything smaller give the same arrays as ever); on larger ones smooth random fields are
-#: drawn at a lower resolution and interpolated (:func:`smooth_noise`), tube centrelines are searched on a
-#: coarser grid (:func:`partialseg.synthetic.shapes.raster_tubes`) and the image noise is drawn in float32
+#: drawn at a lower resolution and interpolated (:func:`smooth_field`), tube centrelines are searched on a
+#: coarser grid (:mod:`partialseg.synthetic.tube_search`) and the image is blurred and its noise drawn plane
+#: by plane (:mod:`partialseg.synthetic.streaming`). By the phantom's minimum field of view (about 380 x 330
+#: x 360 mm) a grid this small has voxels of at least 5 mm^3, so the exact path's widest filters stay short
 EXACT_MAX_VOXELS = 2**23
 
 #: on large grids a smooth field is drawn on a grid coarser by the largest whole factor that keeps this many
@@ -108,7 +121,7 @@ def is_large(shape: Sequence[int]) -> bool:
 
 
 class SmoothField:
-    """A smooth random field on the fine grid, read in slabs along axis 0: ``field[i0:i1]`` is a float32 array.
+    """A smooth random field on the fine grid, read by slab or box: ``field[i0:i1]``, ``field[sx, sy, sz]``.
 
     Either the whole field (``factor`` 1) or, on large grids, planes every ``factor`` voxels along axis 0
     (already at full resolution along axes 1 and 2) between which each slab is interpolated linearly, so
@@ -142,25 +155,23 @@ class SmoothField:
             out.gain = gain
         return out
 
-    def __getitem__(self, sl: slice) -> np.ndarray:
+    def __getitem__(self, key: slice | tuple[slice, ...]) -> np.ndarray:
+        """The field on a slab (a slice of axis 0) or a box (a tuple of slices), as a new float32 array
+        (or, for a whole field without gain, a view of it)."""
         if self.factor == 1:
-            v = self.planes[sl]
+            v = self.planes[key]
             return v if self.gain is None else v * np.float32(self.gain)
-        rows = range(*sl.indices(self.n0))
-        out = np.empty((len(rows), *self.planes.shape[1:]), np.float32)
+        s0, rest = (key[0], tuple(key[1:])) if isinstance(key, tuple) else (key, ())
+        rows = range(*s0.indices(self.n0))
+        out = np.empty((len(rows), *self.planes[0][rest].shape), np.float32)
         for r, i in enumerate(rows):
             k = self._lo[i]
-            np.multiply(self._delta[k], self._w[i], out=out[r])
-            out[r] += self.planes[k]
+            np.multiply(self._delta[k][rest], self._w[i], out=out[r])
+            out[r] += self.planes[k][rest]
         return out
 
     def full(self) -> np.ndarray:
         return self.planes if self.factor == 1 and self.gain is None else self[0 : self.n0]
-
-
-def smooth_noise(rng: np.random.Generator, grid: Grid, sigma_mm: float) -> np.ndarray:
-    """Unit-sd Gaussian random field with correlation ``sigma_mm`` on the fine grid (float32); see :func:`smooth_field`."""
-    return smooth_field(rng, grid, sigma_mm).full()
 
 
 def smooth_field(rng: np.random.Generator, grid: Grid, sigma_mm: float) -> SmoothField:
@@ -189,20 +200,33 @@ def smooth_field(rng: np.random.Generator, grid: Grid, sigma_mm: float) -> Smoot
     return SmoothField(n, grid.shape[0])
 
 
+#: standard normal quantiles at the midpoints of 2^16 equal-probability bins: a uniform 16-bit integer looked
+#: up here is a normal draw (tails cut at 4.3 sd), at a third of the cost of ``standard_normal``
+NORMAL_TABLE = ndtri((np.arange(65536) + 0.5) / 65536).astype(np.float32)
+
+
+def normal_draws(rng: np.random.Generator, shape: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+    """float32 standard normal draws by table lookup (:data:`NORMAL_TABLE`), for the large-grid paths."""
+    return np.take(NORMAL_TABLE, rng.integers(0, 65536, size=tuple(shape), dtype=np.uint16), out=out)
+
+
 def _lowres_field(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float], sigma_mm: float) -> SmoothField:
     """:func:`smooth_field` on a large grid: drawn coarser by whole factors, interpolated linearly to ``shape``."""
     sig = [sigma_mm / float(v) for v in spacing]
     factors = [max(1, int(s // SAMPLES_PER_SIGMA)) for s in sig]
     low_shape = tuple(-(-int(n) // f) for n, f in zip(shape, factors))
-    n = rng.standard_normal(low_shape, dtype=np.float32)
+    n = normal_draws(rng, low_shape)
     n = ndimage.gaussian_filter(n, sigma=[s / f for s, f in zip(sig, factors)], mode="wrap", truncate=3.0)
     planes = upsample_linear(n, (low_shape[0], *shape[1:]), (1, *factors[1:]))
+    # zero mean and unit sd after the interpolation (which lowers the variance between the coarse samples a
+    # little), measured on every 7th slab; interpolation weights sum to 1, so the planes can be corrected instead
     field = SmoothField(planes, shape[0], factors[0])
-    # unit sd after the interpolation (which lowers the variance between the coarse samples a little),
-    # measured on every 7th slab; interpolation weights sum to 1, so the planes can be corrected instead
     sample = np.concatenate([field[i : i + 1] for i in range(0, shape[0], 7)])
-    planes -= np.float32(sample.mean())
-    planes /= np.float32(max(float(sample.std()), 1e-6))
+    mean, sd = np.float32(sample.mean()), np.float32(max(float(sample.std()), 1e-6))
+    planes -= mean
+    planes /= sd
+    if field.factor > 1:
+        field._delta /= sd  # differences of planes: the mean cancels
     return field
 
 
@@ -222,13 +246,21 @@ def upsample_linear(a: np.ndarray, shape: Sequence[int], factors: Sequence[int])
         wshape = [1] * a.ndim
         wshape[ax] = n
         w = (x - i0).astype(np.float32).reshape(wshape)
-        lo = np.take(a, i0 % m, axis=ax)
-        hi = np.take(a, (i0 + 1) % m, axis=ax)
-        hi -= lo
-        hi *= w
-        lo += hi
-        a = lo
-    return np.ascontiguousarray(a)
+        out_shape = list(a.shape)
+        out_shape[ax] = n
+        out = np.empty(out_shape, np.float32)
+        # in chunks of axis 0 (or whole, along axis 0), so that the temporaries stay small
+        step = a.shape[0] if ax == 0 else max(1, (1 << 18) // max(1, int(np.prod(out_shape[1:]))))
+        for c in range(0, a.shape[0], step):
+            src = a[c : c + step]
+            dst = out if ax == 0 else out[c : c + step]
+            np.take(src, i0 % m, axis=ax, out=dst)
+            hi = np.take(src, (i0 + 1) % m, axis=ax)
+            hi -= dst
+            hi *= w
+            dst += hi
+        a = out
+    return a
 
 
 def smoothstep(x: np.ndarray | float, a: float, b: float) -> np.ndarray:

@@ -134,11 +134,6 @@ class TubeField:
     radius: np.ndarray
 
 
-#: on large grids (:func:`~partialseg.synthetic.grid.is_large`) the nearest centreline point is searched
-#: on a grid coarsened to about this spacing (mm) per axis, then refined along the centreline
-SEARCH_MM = 2.0
-
-
 def raster_tubes(grid: Grid, tubes: Sequence[Tube], squash_y: float = 1.0) -> TubeField | None:
     """Distance from every voxel of the tubes' box to the nearest centreline point.
 
@@ -146,8 +141,8 @@ def raster_tubes(grid: Grid, tubes: Sequence[Tube], squash_y: float = 1.0) -> Tu
     voxel; the distance is then recomputed to that voxel's true centreline point, so the
     surface is not quantised to the grid. Tubes of one set partition space between them
     (nearest centreline wins), which is how touching bowel loops look. On a large grid the
-    transform runs on a coarser grid (:data:`SEARCH_MM`) and each voxel's point is then moved
-    along its centreline to the foot of the perpendicular (:func:`_nearest_coarse`).
+    transform runs on a coarser grid and each voxel's point is then moved along its centreline
+    to the foot of the perpendicular (:func:`partialseg.synthetic.tube_search.raster_tubes_coarse`).
     """
     pts = np.concatenate([t.points for t in tubes])
     rad = np.concatenate([t.radius for t in tubes])
@@ -169,15 +164,13 @@ def raster_tubes(grid: Grid, tubes: Sequence[Tube], squash_y: float = 1.0) -> Tu
     ijk, keep = ijk[ok], np.nonzero(ok)[0]
     crop = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(c0, c1, b0))
     sl = tuple(slice(int(a), int(b)) for a, b in zip(c0, c1))
-    coords = [grid.axes[a][sl[a]] for a in range(3)]
     if is_large(grid.shape):
-        factors = [max(1, int(SEARCH_MM // float(v))) for v in grid.spacing]
-        box_origin = grid.origin + b0 * grid.spacing  # world mm of box voxel (0, 0, 0)
-        near, ii, jj, kk, nid = _nearest_coarse(grid.spacing, box_origin, factors, tubes, pts, bshape, ijk, keep, crop,
-                                                coords, squash_y)
-    else:
-        near, nid = _nearest_exact(grid.spacing, bshape, ijk, keep, crop, rmax)
-        ii, jj, kk = np.nonzero(near)
+        from partialseg.synthetic.tube_search import raster_tubes_coarse
+
+        return raster_tubes_coarse(grid, tubes, pts, b0, bshape, ijk, keep, crop, sl, squash_y)
+    near, nid = _nearest_exact(grid.spacing, bshape, ijk, keep, crop, rmax)
+    ii, jj, kk = np.nonzero(near)
+    coords = [grid.axes[a][sl[a]] for a in range(3)]
     p = np.stack([coords[0][ii], coords[1][jj], coords[2][kk]], axis=1).astype(np.float64)
     d = p - pts[nid]
     d[:, 1] *= squash_y
@@ -221,100 +214,3 @@ def _nearest_exact(
     near = np.sqrt(tot) < rmax
     flat = (f[0][near].astype(np.int64) * bshape[1] + f[1][near]) * bshape[2] + f[2][near]
     return near, lookup.ravel()[flat]
-
-
-def _nearest_coarse(
-    spacing: np.ndarray, box_origin: np.ndarray, factors: Sequence[int], tubes: Sequence[Tube], pts: np.ndarray,
-    bshape: tuple[int, ...], ijk: np.ndarray, keep: np.ndarray, crop: tuple[slice, ...], coords: Sequence[np.ndarray],
-    squash_y: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_nearest_exact` for large grids: the distance transform on a grid coarser by ``factors``.
-
-    Each coarse cell gets the point of its nearest marked cell. A cell that may hold voxels inside a tube
-    (its distance below the largest radius within 64 points of that point, plus the cell's and its seed's
-    rounding) moves its point along the point's own tube toward the foot of the perpendicular from its
-    centre; each of its voxels then takes one more such step from there. A step is kept only where it
-    brings the point closer, so a strongly curved centreline cannot throw a voxel off its tube. Returns
-    the crop's mask of the voxels left near their point (a superset of those inside), their crop indices
-    (in C order) and their points.
-    """
-    fac = np.asarray(factors, np.int64)
-    csp = np.asarray(spacing, np.float64) * fac
-    slack = 2.0 * float(np.sqrt((csp**2).sum()))  # voxel to cell centre, point to its seed cell's centre
-    cshape = tuple(int(v) for v in -(-np.asarray(bshape) // fac))
-    cijk = ijk // fac
-    seeds = np.ones(cshape, bool)
-    seeds[cijk[:, 0], cijk[:, 1], cijk[:, 2]] = False
-    lookup = np.full(cshape, -1, np.int32)
-    lookup[cijk[:, 0], cijk[:, 1], cijk[:, 2]] = keep
-    dist, ft = ndimage.distance_transform_edt(seeds, sampling=csp, return_indices=True)
-    cpoint = lookup.ravel()[(ft[0].astype(np.int64) * cshape[1] + ft[1]) * cshape[2] + ft[2]].reshape(cshape)
-    # per point: position, unit tangent, 1 / point spacing (index per mm), its tube's index range and the
-    # largest radius nearby (float32: the search only picks a point; distances are recomputed in float64)
-    n_pts = len(pts)
-    tan = np.empty((n_pts, 3))
-    inv = np.empty(n_pts)
-    reach = np.empty(n_pts)
-    lo = np.empty(n_pts, np.int32)
-    hi = np.empty(n_pts, np.int32)
-    start = 0
-    for t in tubes:
-        k = len(t.points)
-        g = np.gradient(t.points, axis=0)
-        n = np.maximum(np.linalg.norm(g, axis=1), 1e-9)
-        tan[start : start + k] = g / n[:, None]
-        inv[start : start + k] = 1.0 / n
-        reach[start : start + k] = ndimage.maximum_filter1d(t.radius, 129, mode="nearest")
-        lo[start : start + k], hi[start : start + k] = start, start + k - 1
-        start += k
-    reach = reach * max(1.0, squash_y) + float(np.max(spacing)) + slack
-    reach2 = np.square(reach).astype(np.float32)
-    P = [np.ascontiguousarray(pts[:, a], np.float32) for a in range(3)]
-    Tn = [np.ascontiguousarray(tan[:, a], np.float32) for a in range(3)]
-    inv32 = inv.astype(np.float32)
-
-    def descend(v: list[np.ndarray], j: np.ndarray, rounds: int) -> tuple[np.ndarray, np.ndarray]:
-        """Newton steps of points ``j`` toward the feet of the perpendiculars from ``v``; (points, squared distances)."""
-        lo_j, hi_j = lo[j], hi[j]  # a point moves within its own tube
-
-        def dist2(idx: np.ndarray) -> np.ndarray:
-            out = np.square(v[0] - P[0][idx])
-            out += np.square(v[1] - P[1][idx])
-            out += np.square(v[2] - P[2][idx])
-            return out
-
-        best = dist2(j)
-        for _ in range(rounds):
-            along = (v[0] - P[0][j]) * Tn[0][j]
-            along += (v[1] - P[1][j]) * Tn[1][j]
-            along += (v[2] - P[2][j]) * Tn[2][j]
-            along *= inv32[j]
-            step = np.rint(along).astype(np.int32)
-            for trial in (step, step // 2):
-                cand = j + trial
-                np.maximum(cand, lo_j, out=cand)
-                np.minimum(cand, hi_j, out=cand)
-                d = dist2(cand)
-                better = d < best
-                j = np.where(better, cand, j)
-                best = np.where(better, d, best)
-        return j, best
-
-    # cells first: from the point of the nearest seed cell to the foot from the cell's centre
-    ci, cj, ck = np.nonzero(dist < reach[cpoint])
-    centre = [
-        (box_origin[a] + (idx * fac[a] + 0.5 * (fac[a] - 1)) * spacing[a]).astype(np.float32)
-        for a, idx in enumerate((ci, cj, ck))
-    ]
-    cell_j = np.full(cshape, -1, np.int32)
-    cell_j[ci, cj, ck] = descend(centre, cpoint[ci, cj, ck], 2)[0]
-    # then every voxel of those cells, one step from its cell's point
-    q = [np.arange(crop[a].start, crop[a].stop) // fac[a] for a in range(3)]
-    ii, jj, kk = np.nonzero(cell_j[np.ix_(*q)] >= 0)
-    j0 = cell_j[q[0][ii], q[1][jj], q[2][kk]]
-    j, best = descend([coords[0][ii], coords[1][jj], coords[2][kk]], j0, 1)
-    inside = best < reach2[j]
-    ii, jj, kk, j = ii[inside], jj[inside], kk[inside], j[inside]
-    near = np.zeros(tuple(x.stop - x.start for x in crop), bool)
-    near[ii, jj, kk] = True
-    return near, ii, jj, kk, j

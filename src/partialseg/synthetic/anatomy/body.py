@@ -40,7 +40,11 @@ def paint_body(b: Builder) -> None:
         u = np.abs(X / a) ** ex  # (nx, 1, nz)
         front = Y >= yc_
         v = np.where(front, np.abs((Y - yc_) / (yf_ - yc_)) ** ef, np.abs((Y - yc_) / (yc_ - yb_)) ** eb)  # (1, ny, nz)
-        return (u + v) < 1.0
+        out = np.empty(g.shape, bool)
+        step = max(1, (1 << 18) // (g.shape[1] * g.shape[2]))
+        for i in range(0, g.shape[0], step):  # (u + v) < 1 slab by slab: no full-volume float temporary
+            np.less(u[i : i + step] + v, 1.0, out=out[i : i + step])
+        return out
 
     skin = inside(a_mus * s + t_lat, y_mf * s + t_ant, y_mb * s - t_post, 2.2, 2.0, 3.2)
     fat_in = inside(a_mus * s, y_mf * s, y_mb * s, 2.3, 2.0, 3.2)
@@ -49,7 +53,10 @@ def paint_body(b: Builder) -> None:
     np.copyto(c.tissue, T["muscle"], where=fat_in)
     np.copyto(c.tissue, T["visceral_fat"], where=cav)
     # intermuscular fat planes
-    np.copyto(c.tissue, T["fat"], where=fat_in & ~cav & (b.fine > 1.9))
+    step = max(1, (1 << 18) // (g.shape[1] * g.shape[2]))
+    for i in range(0, g.shape[0], step):
+        sl = slice(i, i + step)
+        np.copyto(c.tissue[sl], T["fat"], where=fat_in[sl] & ~cav[sl] & (b.fine[sl] > 1.9))
     b.cav = cav
     b.skin = skin
     # patient table: a curved carbon plate under the back

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from partialseg.synthetic.config import PhantomConfig
-from partialseg.synthetic.grid import Canvas, Grid, smooth_field, smooth_noise
+from partialseg.synthetic.grid import Canvas, Grid, smooth_field
 from partialseg.synthetic.shapes import Blob, Tube, eval_blob, make_tube, surface_waves
 from partialseg.synthetic.tissues import T
 
@@ -71,16 +71,12 @@ class Builder:
         # tube control-point jitter and radius wobble follow the organ deformation knob
         self.deform_gain = cfg.organ_deformation / 0.12
         # smooth texture fields (unit sd): coarse organ inhomogeneity, fine mottling
-        self.fine = self.noise_field(2.0)
+        self.fine = smooth_field(rng, g, 2.0)  # read by box or slab (``fine[sl]``)
         self.low = smooth_field(rng, g, 12.0)  # read by the renderer only, slab by slab
         # z of every fine slice in the template frame
         self.zt = (g.axes[2].astype(np.float64) - self.z0) / self.scale
 
     # ---- helpers ----
-    def noise_field(self, sigma_mm: float) -> np.ndarray:
-        """Gaussian-smoothed white noise with unit sd on the fine grid (float32)."""
-        return smooth_noise(self.rng, self.grid, sigma_mm)
-
     def W(self, x: float, y: float, z: float, off: np.ndarray | None = None) -> np.ndarray:
         """Template point (mm) to world (mm)."""
         p = np.array([self.x0 + self.scale * x, self.yv + self.scale * y, self.z0 + self.scale * z])

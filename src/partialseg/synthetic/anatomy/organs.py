@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from partialseg.synthetic.anatomy.builder import Builder
+from partialseg.synthetic.grid import BoxMask
 from partialseg.synthetic.shapes import eval_blob, frame, raster_tubes
 from partialseg.synthetic.tissues import L, T
 
@@ -16,10 +17,11 @@ def paint_organs(b: Builder) -> None:
     rng, s, g, c = b.rng, b.scale, b.grid, b.c
     z0, _ = b.vertebra_z
     ok = b.organ_ok  # abdomen below the diaphragm, outside muscles
-    notbone = ~c.bone
-    cav_nb = b.cav & notbone  # nothing paints bone from here on
+    # outside bone, and in the cavity outside bone (nothing paints bone from here on), per box as needed
+    notbone = BoxMask(lambda sl: ~c.bone[sl])
+    cav_nb = BoxMask(lambda sl: b.cav[sl] & ~c.bone[sl])
 
-    def put(got: Any, label: int, tissue: int | np.ndarray, allowed: np.ndarray | None = None, thr: float = 1.0) -> None:
+    def put(got: Any, label: int, tissue: int | np.ndarray, allowed: np.ndarray | BoxMask | None = None, thr: float = 1.0) -> None:
         if got is None:
             return
         sl, f = got
