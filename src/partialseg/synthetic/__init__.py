@@ -28,7 +28,7 @@ centrelines, rasterised with one Euclidean distance transform per tube set (:mod
 Grids of more than :data:`~partialseg.synthetic.grid.EXACT_MAX_VOXELS` (2^23) fine voxels, such as
 512x512x160, take shortcuts that keep a case to seconds: smooth random fields drawn coarser and
 interpolated (:func:`.grid.smooth_field`), tube centrelines searched on a coarser grid and refined along
-the centreline (:func:`.shapes.raster_tubes`), the image blurred and its noise drawn plane by plane
+the centreline (:mod:`.tube_search`), the image blurred and its noise drawn plane by plane
 (:mod:`.streaming`). They draw from the random stream differently, so a large case is another patient
 than the exact path would have drawn, of the same kind. Every smaller grid, both presets included, gives
 exactly the arrays it gave before the shortcuts existed.

@@ -12,8 +12,6 @@ the three central taps of its kernel per axis (the +-2 taps hold 0.3 % of its we
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from partialseg.synthetic.grid import SmoothField, normal_draws
@@ -26,14 +24,12 @@ def half_kernel(sigma: float, truncate: float) -> np.ndarray:
     return w / (w[0] + 2.0 * w[1:].sum())
 
 
-def filter_axis0_inplace(
-    a: np.ndarray, w: np.ndarray, mode: str, sink: Callable[[int, np.ndarray], None] | None = None
-) -> None:
+def filter_axis0_inplace(a: np.ndarray, w: np.ndarray, mode: str) -> None:
     """Symmetric 1-d filter (half kernel ``w``) of ``a`` along axis 0, in place, one plane at a time.
 
     ``mode`` ``"nearest"`` or ``"wrap"`` as in scipy.ndimage. Plane i is overwritten once its result is
     known; the originals it still needs (up to ``len(w) - 1`` planes back, and the first ones for wrapping)
-    are kept in a ring. ``sink(i, plane)``, if given, receives each result instead of ``a[i]``.
+    are kept in a ring.
     """
     n, r = a.shape[0], len(w) - 1
     w32 = w.astype(np.float32)
@@ -58,10 +54,7 @@ def filter_axis0_inplace(
             np.add(original(i - k), original(i + k), out=pair)
             pair *= w32[k]
             acc += pair
-        if sink is None:
-            a[i] = acc
-        else:
-            sink(i, acc)
+        a[i] = acc
         if r:
             ring.append(own)
             if len(ring) > r:
