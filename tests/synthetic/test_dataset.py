@@ -52,3 +52,14 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["synth", str(tmp_path / "tiny"), "--cases", "1", "--shape", "16,16,8"])
     assert res.exit_code != 0 and "field of view" in res.output
     assert not (tmp_path / "tiny").exists()
+
+
+def test_synth_paints_fine_grids_without_sub_voxels(tmp_path: Path, monkeypatch) -> None:
+    import partialseg.synthetic as synthetic
+
+    seen = []
+    monkeypatch.setattr(synthetic, "synthesize_dataset", lambda out, *, config, **kw: seen.append(config) or out)
+    for spacing in ("0.8,0.8,2.5", "6,5.5,7"):
+        res = CliRunner().invoke(app, ["synth", str(tmp_path / spacing), "--cases", "1", "--shape", "512,512,160", "--spacing", spacing])
+        assert res.exit_code == 0, res.output
+    assert [c.oversample for c in seen] == [1, 2] and seen[0].spacing == (0.8, 0.8, 2.5)
