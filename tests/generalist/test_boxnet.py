@@ -85,7 +85,7 @@ def test_input_pads_with_air_outside_the_image():
     assert x[1].sum() == 16 and x[1, 6:10, 2:6, 4].all()  # the box moved by the window origin
 
 
-def test_lazy_hounsfield_view_gives_the_same_input_as_a_hu_copy():
+def test_lazy_hounsfield_view_gives_the_same_input_as_a_hu_copy(tmp_path):
     from types import SimpleNamespace
 
     from partialseg.pseudolabel.loop import HounsfieldView, hounsfield
@@ -99,6 +99,13 @@ def test_lazy_hounsfield_view_gives_the_same_input_as_a_hu_copy():
     for origin in ((-4, 0, 0), (3, 2, 1)):
         np.testing.assert_array_equal(boxnet_input(view, [p], origin, (16, 8, 8), (-250.0, 350.0)),
                                       boxnet_input(hu, [p], origin, (16, 8, 8), (-250.0, 350.0)))
+    # over the blosc2 cache's arrays too (the crop is read from the stored image directly)
+    from partialseg.preprocessing.storage import Blosc2Array, save_array
+
+    stored = HounsfieldView(Blosc2Array(save_array(tmp_path / "img", prepared, "blosc2")), cfg, None)
+    np.testing.assert_array_equal(stored[2:5, :, 3], hu[2:5, :, 3])
+    np.testing.assert_array_equal(boxnet_input(stored, [p], (3, 2, 1), (16, 8, 8), (-250.0, 350.0)),
+                                  boxnet_input(hu, [p], (3, 2, 1), (16, 8, 8), (-250.0, 350.0)))
 
 
 def _cube_cases(n: int = 3) -> list[BoxNetCase]:

@@ -71,7 +71,8 @@ class HounsfieldView:
 
     def __getitem__(self, index: Any) -> np.ndarray:
         index = index if isinstance(index, tuple) else (index,)
-        return hounsfield(np.asarray(self.image[0][index])[None], self.preprocess, self.stats)
+        # one indexing of the stored image: a blosc2 cache then decompresses the crop's chunks only
+        return hounsfield(np.asarray(self.image[(0, *index)])[None], self.preprocess, self.stats)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = hounsfield(self.image, self.preprocess, self.stats)

@@ -57,8 +57,6 @@ def validate(
     return out
 
 
-
-
 def validate_patches(
     net: nn.Module, method: Method, cases: Sequence[Any], cfg: ExperimentConfig, device: torch.device,
 ) -> dict[str, float]:
