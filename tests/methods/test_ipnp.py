@@ -148,6 +148,18 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space, monkey
         return real_train(*a, cases=cases, **kw)
 
     monkeypatch.setattr(trainer, "train", recording_train)
+    from partialseg.inference import sliding_window
+
+    passes = []
+    real_window = sliding_window.sliding_window_probabilities
+
+    def counting_window(*a, **kw):
+        import sys
+
+        passes.append(Path(sys._getframe(1).f_code.co_filename).name)  # the caller: training's validation or a round
+        return real_window(*a, **kw)
+
+    monkeypatch.setattr(sliding_window, "sliding_window_probabilities", counting_window)
     ds = write_block_dataset(tmp_path / "blocks", small_space, n_cases=4,
                              annotated={"case_000": ["liver"], "case_001": ["spleen", "kidney_left"]})
     before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
@@ -164,6 +176,10 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space, monkey
     assert (run / "model.pt").exists()
     # streamed: every round's label maps on disk, memory-mapped by training (none held in RAM)
     assert len(seen_labels) == 8 and all(issubclass(t, np.memmap) for t in seen_labels)
+    # one sliding window per case and round (every case is pseudo-labelled): the gate's pass also made the
+    # pseudo-labels and their quality rows
+    assert passes.count("loop.py") == 2 * 4
+    assert not (run / "pseudo" / "round_1" / "candidates").exists()
     for r in (1, 2):
         names = {p.name for p in (run / "pseudo" / f"round_{r}").iterdir()}
         assert {f"case_{i:03d}.{e}" for i in range(4) for e in ("npy", "json")} <= names and not any(n.endswith(".npz") for n in names)
@@ -264,3 +280,43 @@ def test_pseudo_background_option_reaches_the_loss(small_space):
     assert losses["vls"] < losses["supervised"] and losses["marginal"] < losses["supervised"]
     with pytest.raises(Exception, match="pseudo_background"):
         IPnPOptions(pseudo_background="sometimes")
+
+
+def test_a_round_killed_after_the_gate_resumes_without_another_pass(tmp_path, small_space, monkeypatch):
+    import sys
+
+    from partialseg.inference import sliding_window
+    from partialseg.pseudolabel import loop
+
+    ds = write_block_dataset(tmp_path / "blocks", small_space, n_cases=3, annotated={"case_000": ["liver"]})
+    run = tmp_path / "run"
+    args = ["train", str(ds), "--out", str(run), "--method", "ipnp_gated"]
+    for s in ["train.steps=2", "train.batch_size=1", "train.patch_size=[32,16,16]", "train.val_every=0",
+              "network.options={base_channels: 4}", "data.spacing=[2.0,2.5,3.0]", "train.num_threads=1",
+              "method.options.rounds=1", "method.options.tau=0.0", "method.options.padding=1", "method.options.dilation=2"]:
+        args += ["--set", s]
+    passes = []
+    real_window, real_pseudo = sliding_window.sliding_window_probabilities, loop._pseudo_label
+
+    def counting_window(*a, **kw):
+        passes.append(Path(sys._getframe(1).f_code.co_filename).name)
+        return real_window(*a, **kw)
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt  # as if the process died after the gate, before the first pseudo-label
+
+    monkeypatch.setattr(sliding_window, "sliding_window_probabilities", counting_window)
+    monkeypatch.setattr(loop, "_pseudo_label", killed)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code != 0, r.output
+    cand = run / "pseudo" / "round_1" / "candidates"
+    assert sorted(p.name for p in cand.iterdir()) == [f"case_{i:03d}.npz" for i in range(3)]
+    assert (run / "pseudo" / "round_1" / "sources.json").exists() and passes.count("loop.py") == 3
+    monkeypatch.setattr(loop, "_pseudo_label", real_pseudo)
+    passes.clear()
+    r = CliRunner().invoke(app, ["train", str(ds), "--out", str(run), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert passes.count("loop.py") == 0  # the pseudo-labels came from the saved candidates
+    assert (run / "model.pt").exists() and not cand.exists()
+    dec = json.loads((run / "pseudo" / "round_1" / "decisions.json").read_text())
+    assert set(dec["case_000"]) == {"spleen", "kidney_right", "kidney_left"}

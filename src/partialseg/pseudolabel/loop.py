@@ -24,8 +24,6 @@ the whole round is per case a few numbers (entropies, decisions) and its sampled
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -38,10 +36,28 @@ import numpy as np
 
 from partialseg.config import EXECUTION_KEYS, ExperimentConfig
 from partialseg.errors import InputError
-from partialseg.io import write_json_atomic, write_text_atomic
+from partialseg.io import write_json_atomic
 from partialseg.methods.resolve import config_differences
-from partialseg.pseudolabel.refine import Decision, assemble, entropy, entropy_rule, prompt_mask, refine
-from partialseg.pseudolabel.store import has_pseudo, load_pseudo, save_pseudo
+from partialseg.pseudolabel.candidates import (
+    SOURCES,
+    candidate_masks,
+    case_candidates,
+    gate_case,
+    load_candidates,
+    load_evidence,
+    pseudo_label_case,
+    round_sources,
+    save_candidates,
+    select_pseudo_labels,
+)
+from partialseg.pseudolabel.quality import decisions_rounds, pseudo_label_quality, write_quality
+from partialseg.pseudolabel.refine import assemble
+from partialseg.pseudolabel.store import has_pseudo, load_pseudo, load_pseudo_extra, save_pseudo
+
+# the round's pieces, importable from here as before
+__all__ = ["SOURCES", "HounsfieldView", "adopt_specialist", "candidate_masks", "case_candidates", "choose_sources",
+           "decisions_rounds", "gate_case", "hounsfield", "previous_pseudo", "pseudo_label_case", "pseudo_label_quality",
+           "run_ipnp", "select_pseudo_labels"]
 
 log = logging.getLogger("partialseg.ipnp")
 
@@ -79,133 +95,6 @@ class HounsfieldView:
         return out if dtype is None else out.astype(dtype)
 
 
-SOURCES = ("generalist", "specialist")
-
-
-def candidate_masks(
-    probs: np.ndarray,
-    label: np.ndarray,
-    annotated: frozenset[int],
-    hu: np.ndarray,
-    spacing: tuple[float, float, float],
-    generalist: Any,
-    opts: Any,
-    *,
-    classes: list[int],
-    sources: dict[int, str],
-) -> tuple[dict[int, np.ndarray], dict[int, Decision]]:
-    """Each class's pseudo-label candidate from its source, as if the class were unannotated.
-
-    ``sources[k]`` is ``"generalist"`` (the paper: P_k = G_k ∩ ROI_k ∩ {p_k ≥ τ}, the generalist
-    prompted with the two boxes of the specialist's M_k) or ``"specialist"`` (no generalist:
-    P_k = {argmax = k, p_k ≥ τ}, its largest component with ``opts.largest_component``). Voxels
-    annotated with another class of Φ are never part of a candidate. Returns (masks, decisions
-    for the classes that got none).
-    """
-    from partialseg.generalist.prompts import box_prompts_from_mask, roi_from_prompts
-
-    prompts: dict[int, list] = {}
-    masks: dict[int, np.ndarray] = {}
-    decisions: dict[int, Decision] = {}
-    argmax = probs.argmax(0)  # once per case: every organ's M_k reads it
-    in_phi = np.isin(label, sorted(c for c in annotated if c != 0))
-    for k in classes:
-        m = prompt_mask(probs, k, tau=opts.tau if opts.prompt_high_confidence else None, keep_largest=opts.largest_component,
-                        argmax=argmax)
-        if not m.any():
-            decisions[k] = Decision("no_prediction")
-            continue
-        if sources[k] == "specialist":
-            p = prompt_mask(probs, k, tau=opts.tau, keep_largest=opts.largest_component, argmax=argmax)
-            masks[k] = p & ~_protected(label, in_phi, k)
-        else:
-            prompts[k] = box_prompts_from_mask(m, axes=(2, 0), padding=opts.padding)
-    for k, g in (generalist.segment_many(hu, spacing, prompts) if prompts else {}).items():
-        roi = roi_from_prompts(prompts[k], probs.shape[1:], opts.dilation)
-        masks[k] = refine(g, roi, probs, k, tau=opts.tau, protected=_protected(label, in_phi, k))
-    return masks, decisions
-
-
-def _protected(label: np.ndarray, in_phi: np.ndarray, k: int) -> np.ndarray:
-    """Voxels annotated with a class of Phi other than ``k`` (``in_phi``: annotated with any class of Phi)."""
-    return in_phi & (label != k)
-
-
-def pseudo_label_case(
-    probs: np.ndarray,
-    label: np.ndarray,
-    annotated: frozenset[int],
-    hu: np.ndarray,
-    spacing: tuple[float, float, float],
-    generalist: Any,
-    opts: Any,
-    *,
-    round_index: int,
-    previous: dict[int, tuple[np.ndarray, float]] | None = None,
-    sources: dict[int, str | None] | None = None,
-) -> tuple[dict[int, np.ndarray], dict[int, Decision], dict[int, float]]:
-    """One case, one round: pseudo-label masks for the unannotated classes that are found.
-
-    ``sources`` maps class → ``"generalist"``, ``"specialist"`` or None (the organ gate rejected the
-    class this round: it stays marginalised); a class not in it uses ``opts.pseudo_source`` (the
-    generalist when that is ``"auto"``). ``previous`` maps class → (mask, mean entropy) of the last
-    accepted pseudo-label, used by the entropy rule from round ``opts.entropy_from_round`` on.
-    Returns (masks, decisions, entropies).
-    """
-    previous = previous or {}
-    sources = sources or {}
-    default = {"auto": "generalist", "none": None}.get(opts.pseudo_source, opts.pseudo_source)
-    decisions: dict[int, Decision] = {}
-    todo: dict[int, str] = {}
-    for k in range(1, probs.shape[0]):
-        if k in annotated:
-            continue
-        src = sources.get(k, default)
-        if src is None:
-            decisions[k] = Decision("rejected_gate" if k in sources else "disabled")
-        else:
-            todo[k] = src
-    cand, none = candidate_masks(probs, label, annotated, hu, spacing, generalist, opts, classes=sorted(todo), sources=todo)
-    decisions.update(none)
-    h = entropy(probs) if cand else None
-    masks: dict[int, np.ndarray] = {}
-    entropies: dict[int, float] = {}
-    for k, p in cand.items():
-        if not p.any():
-            decisions[k] = Decision("empty_after_refinement")
-            if k in previous:
-                masks[k], entropies[k] = previous[k]
-            continue
-        mean_h = float(h[p].mean())
-        prev = previous.get(k)
-        if round_index >= opts.entropy_from_round and prev is not None and not entropy_rule(mean_h, prev[1]):
-            decisions[k] = Decision("rejected_entropy", int(p.sum()), mean_h)
-            masks[k], entropies[k] = prev
-            continue
-        decisions[k] = Decision("accepted", int(p.sum()), mean_h)
-        masks[k], entropies[k] = p, mean_h
-    return masks, decisions, entropies
-
-
-def gate_case(
-    probs: np.ndarray, label: np.ndarray, annotated: frozenset[int], hu: np.ndarray,
-    spacing: tuple[float, float, float], generalist: Any, opts: Any,
-) -> dict[int, dict[str, float]]:
-    """The organ gate's evidence from one case: for every organ annotated *and present* in it, the
-    DSC against the annotation of each source's candidate, built as if the organ were unannotated
-    (prompts from the specialist's prediction, the annotation itself unused)."""
-    from partialseg.evaluation.metrics import dice
-
-    classes = [k for k in sorted(annotated) if k > 0 and k < probs.shape[0] and bool((label == k).any())]
-    out: dict[int, dict[str, float]] = {k: {} for k in classes}
-    for src in SOURCES:
-        masks, _ = candidate_masks(probs, label, annotated, hu, spacing, generalist, opts, classes=classes,
-                                   sources=dict.fromkeys(classes, src))
-        for k in classes:
-            out[k][src] = dice(masks[k], label == k) if k in masks else 0.0
-    return out
-
-
 def choose_sources(evidence: list[dict[int, dict[str, float]]], num_classes: int, min_dsc: float) -> dict[int, dict[str, Any]]:
     """Per organ: the source whose candidates agree best with the annotations (mean DSC over the
     cases that annotate the organ), or None when even the best stays below ``min_dsc``. An organ
@@ -222,22 +111,6 @@ def choose_sources(evidence: list[dict[int, dict[str, float]]], num_classes: int
         out[k] = {"source": best if means[best] >= min_dsc else None, "n": n,
                   **{f"dsc_{s}": means[s] for s in SOURCES}}
     return out
-
-
-def pseudo_label_quality(pseudo: np.ndarray, specialist: np.ndarray, ref: np.ndarray) -> dict[str, float | int]:
-    """One pseudo-label against the reference, next to the specialist's argmax that prompted it.
-
-    ``added`` = pseudo-labelled voxels outside the specialist's argmax (what only the generalist can
-    contribute; none at all when τ ≥ 0.5), ``added_correct`` = those inside the reference;
-    ``removed`` = argmax voxels the refinement dropped, ``removed_wrong`` = those outside the reference.
-    """
-    from partialseg.evaluation.metrics import dice
-
-    added = pseudo & ~specialist
-    removed = specialist & ~pseudo
-    return {"dsc": dice(pseudo, ref), "specialist_dsc": dice(specialist, ref),
-            "added": int(np.count_nonzero(added)), "added_correct": int(np.count_nonzero(added & ref)),
-            "removed": int(np.count_nonzero(removed)), "removed_wrong": int(np.count_nonzero(removed & ~ref))}
 
 
 def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
@@ -258,7 +131,13 @@ def check_generalist_options(opts: Any) -> None:
 
 
 def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: Any, *, resume: bool, progress: bool) -> Path:
-    """Round 0 on the partial labels, then ``opts.rounds`` rounds of prompting, refinement and retraining."""
+    """Round 0 on the partial labels, then ``opts.rounds`` rounds of prompting, refinement and retraining.
+
+    Each round runs the last specialist's sliding window once per training case: with the organ gate
+    (``pseudo_source="auto"``) that pass keeps every candidate either source could give
+    (:mod:`~partialseg.pseudolabel.candidates`, under ``pseudo/round_<r>/candidates/`` until the round's
+    pseudo-labels are written), and the pseudo-labels are chosen from them once the gate has seen every case.
+    """
     from partialseg import checkpoint as ckpt
     from partialseg.generalist.base import build_generalist
     from partialseg.inference.predict import Predictor
@@ -307,50 +186,34 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
             ).numpy()
 
         train_cases = load_train_cases(prepared, all_ids)
+        cand_dir = pseudo_dir / "candidates"
         sources: dict[int, str | None] = {}
         if opts.pseudo_source == "auto":
-            sources = _organ_gate(pseudo_dir, train_cases, case_probs, prepared, generalist, opts, space, progress)
-        # decisions of cases already pseudo-labelled before a kill, read once per round
-        dec_file = pseudo_dir / "decisions.json"
-        saved_decisions = json.loads(dec_file.read_text()) if dec_file.exists() else {}
+            sources = _organ_gate(pseudo_dir, cand_dir, train_cases, case_probs, prepared, generalist, opts, space,
+                                  run / "pseudo" / f"round_{r - 1}", progress)
         decisions_all: dict[str, dict[str, Any]] = {}
         cases: list[TrainCase] = []
         for base in progress_bar(train_cases, desc=f"ipnp round {r}: pseudo-labels", unit="case", enabled=progress):
-            probs = None
             if opts.pseudo_source == "none":  # the step control: no prediction, no pseudo-label
                 label, pseudo = base.label, frozenset()
                 decisions_all[base.case_id] = {}
             else:
                 if not has_pseudo(pseudo_dir, base.case_id):
-                    probs = case_probs(base)
-                    hu = hounsfield(base.image, prepared.config, prepared.stats)
-                    spacing = prepared.case(base.case_id).meta.spacing
-                    masks, decisions, ent = pseudo_label_case(
-                        probs, np.asarray(base.label), base.annotated, hu, spacing, generalist, opts,
-                        round_index=r, previous=previous_pseudo(run / "pseudo" / f"round_{r - 1}", base.case_id), sources=sources,
-                    )
-                    del hu
-                    label = assemble(np.asarray(base.label), masks, probs)
-                    save_pseudo(pseudo_dir, base.case_id, label, frozenset(k for k, m in masks.items() if m.any()), ent)
-                    saved_decisions[base.case_id] = {space.name(k): asdict(d) for k, d in decisions.items()}
-                    del masks, label
+                    _pseudo_label(base, pseudo_dir, cand_dir, case_probs, prepared, generalist, opts, space, sources,
+                                  r, run / "pseudo" / f"round_{r - 1}")
                 label, pseudo, _ = load_pseudo(pseudo_dir, base.case_id)
-                decisions_all[base.case_id] = saved_decisions.get(base.case_id, {})
+                extra = load_pseudo_extra(pseudo_dir, base.case_id)
+                decisions_all[base.case_id] = extra.get("decisions", {})
+                quality = extra.get("quality")
+                if quality is None and base.reference is not None and pseudo:  # a folder from before stored quality
+                    quality = _quality_rows(base, label, pseudo, case_probs(base).argmax(0), space, r)
+                quality_rows.extend(quality or [])
             locs = dict(base.class_locations)
             locs.update(class_locations(label, pseudo, seed=r))
             cases.append(TrainCase(base.case_id, base.image, label, base.annotated, locs, base.reference, pseudo, base.pad_value))
-            if base.reference is not None and pseudo:
-                ref = np.asarray(base.reference)
-                if probs is None:
-                    probs = case_probs(base)
-                argmax = probs.argmax(0)
-                for k in pseudo:
-                    quality_rows.append({"round": r, "case": base.case_id, "organ": space.name(k),
-                                         **pseudo_label_quality(label == k, argmax == k, ref == k)})
-                del argmax
-            del probs
         write_json_atomic(decisions_all, pseudo_dir / "decisions.json")
-        _write_quality(run, quality_rows, decisions_rounds(run, opts.rounds), space)
+        shutil.rmtree(cand_dir, ignore_errors=True)  # every case has its pseudo-label now
+        write_quality(run, quality_rows, decisions_rounds(run, opts.rounds), space)
         if not (rdir / ckpt.MODEL_FILE).exists():
             init = None
             if opts.retrain == "continue":
@@ -447,25 +310,33 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     log.info("round 0: adopted the specialist of %s", source)
 
 
-def _organ_gate(pseudo_dir: Path, train_cases: list, case_probs: Any, prepared: Any, generalist: Any, opts: Any,
-                space: Any, progress: bool) -> dict[int, str | None]:
+def _organ_gate(pseudo_dir: Path, cand_dir: Path, train_cases: list, case_probs: Any, prepared: Any, generalist: Any,
+                opts: Any, space: Any, previous_dir: Path, progress: bool) -> dict[int, str | None]:
     """``pseudo_source="auto"``: choose each organ's source on the cases that annotate it.
 
     The evidence is optimistic (the specialist was trained on these very annotations, and so was a
     ``boxnet`` generalist; the weight-free ones were not, which favours the trained sources), so it
     ranks the sources and rejects organs that fail even there; it does not estimate the pseudo-labels' DSC.
-    Saved to ``sources.json`` (a resumed round reuses it).
+    The pass that gathers it also keeps each case's candidates from both sources (``cand_dir``), so the
+    pseudo-labels need no second pass. Saved to ``sources.json`` (a resumed round reuses it, and a killed
+    gate pass resumes from the cases whose candidates it saved).
     """
     from partialseg.progress import progress as progress_bar
 
     f = pseudo_dir / "sources.json"
     if not f.exists():
         evidence = []
+        num_classes = len(space.names) + 1
         for base in progress_bar(train_cases, desc="ipnp organ gate", unit="case", enabled=progress):
-            hu = hounsfield(base.image, prepared.config, prepared.stats)
-            spacing = prepared.case(base.case_id).meta.spacing
-            evidence.append(gate_case(case_probs(base), np.asarray(base.label), base.annotated, hu, spacing, generalist, opts))
-        chosen = choose_sources(evidence, len(space.names) + 1, opts.min_organ_dsc)
+            ev = load_evidence(cand_dir, base.case_id)
+            if ev is None:
+                unannotated = {k: SOURCES for k in range(1, num_classes) if k not in base.annotated}
+                cands = _case_pass(base, case_probs, prepared, generalist, opts, unannotated, previous_dir, gate=True)
+                save_candidates(cand_dir, base.case_id, cands)
+                ev = cands.evidence
+                del cands
+            evidence.append(ev)
+        chosen = choose_sources(evidence, num_classes, opts.min_organ_dsc)
         write_json_atomic({space.name(k): v for k, v in chosen.items()}, f)
     saved = json.loads(f.read_text())
     out = {space.index(name): v["source"] for name, v in saved.items()}
@@ -473,117 +344,45 @@ def _organ_gate(pseudo_dir: Path, train_cases: list, case_probs: Any, prepared: 
     return out
 
 
-def decisions_rounds(run: Path, rounds: int) -> dict[int, dict[str, Any]]:
-    out = {}
-    for r in range(1, rounds + 1):
-        f = run / "pseudo" / f"round_{r}" / "decisions.json"
-        if f.exists():
-            out[r] = json.loads(f.read_text())
-    return out
+def _case_pass(base: Any, case_probs: Any, prepared: Any, generalist: Any, opts: Any, wanted: dict[int, Any],
+               previous_dir: Path, *, gate: bool) -> Any:
+    """One case's sliding window and its candidates (the case's probabilities and HU freed on return)."""
+    probs = case_probs(base)
+    hu = hounsfield(base.image, prepared.config, prepared.stats)
+    spacing = prepared.case(base.case_id).meta.spacing
+    return case_candidates(probs, np.asarray(base.label), base.annotated, hu, spacing, generalist, opts, wanted=wanted,
+                           gate=gate, specialist_masks=base.reference is not None,
+                           previous=previous_pseudo(previous_dir, base.case_id))
 
 
-def _write_quality(run: Path, rows: list[dict[str, Any]], decisions: dict[int, dict[str, Any]], space) -> None:
-    """Per round and organ: mean pseudo-label DSC (vs reference) and how many were accepted/rejected."""
-    from partialseg.evaluation.evaluate import markdown_table
-
-    table: list[dict[str, Any]] = []
-    statuses = ("accepted", "rejected_entropy", "rejected_gate", "empty_after_refinement", "no_prediction", "disabled")
-    for r, dec in sorted(decisions.items()):
-        for organ in space.names:
-            counts = {s: 0 for s in statuses}
-            for per_case in dec.values():
-                d = per_case.get(organ)
-                if d:
-                    counts[d["status"]] += 1
-            sel = [row for row in rows if row["round"] == r and row["organ"] == organ]
-            added = sum(x["added"] for x in sel)
-            correct = sum(x["added_correct"] for x in sel)
-            table.append({"round": r, "organ": organ,
-                          "pseudo_dsc": float(np.mean([x["dsc"] for x in sel])) if sel else None,
-                          "specialist_dsc": float(np.mean([x["specialist_dsc"] for x in sel])) if sel else None,
-                          "n_pseudo": len(sel), "added": added,
-                          "added_precision": correct / added if added else None,
-                          "removed": sum(x["removed"] for x in sel),
-                          "removed_wrong": sum(x["removed_wrong"] for x in sel), **counts})
-    if not table:
-        return
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(table[0]))
-    w.writeheader()
-    w.writerows(table)
-    write_text_atomic(buf.getvalue(), run / "pseudo_quality.csv")
-    header = ["round", "organ", "pseudo DSC", "specialist DSC", "n", "added voxels", "added precision",
-              "removed voxels", "removed wrong", *statuses]
-
-    def pct(v: float | None) -> str:
-        return "–" if v is None else f"{100 * v:.1f}"
-
-    body = [[str(t["round"]), t["organ"], pct(t["pseudo_dsc"]), pct(t["specialist_dsc"]), str(t["n_pseudo"]),
-             str(t["added"]), pct(t["added_precision"]), str(t["removed"]), str(t["removed_wrong"]),
-             *(str(t[s]) for s in statuses)] for t in table]
-    lines = []
-    for r in sorted(decisions):
-        sel = [x for x in rows if x["round"] == r]
-        if sel:
-            lines.append(f"round {r}: {len(sel)} pseudo-labels (case × organ), mean DSC {100 * np.mean([x['dsc'] for x in sel]):.1f} %"
-                         f" vs {100 * np.mean([x['specialist_dsc'] for x in sel]):.1f} % for the specialist's own prediction")
-            added = sum(x["added"] for x in sel)
-            correct = sum(x["added_correct"] for x in sel)
-            removed = sum(x["removed"] for x in sel)
-            wrong = sum(x["removed_wrong"] for x in sel)
-            lines.append(f"round {r}: the refinement added {added} voxels beyond the specialist's argmax"
-                         + (f" ({100 * correct / added:.1f} % of them in the reference)" if added else "")
-                         + f" and removed {removed}" + (f" ({100 * wrong / removed:.1f} % of them outside it)" if removed else ""))
-    # a mean over a changing set of organs can fall while every organ improves: also compare on the
-    # organs pseudo-labelled in every round
-    common = None
-    for r in sorted(decisions):
-        got = {t["organ"] for t in table if t["round"] == r and t["pseudo_dsc"] is not None}
-        common = got if common is None else common & got
-    if common and len(decisions) > 1:
-        per = [f"round {r} {100 * np.mean([t['pseudo_dsc'] for t in table if t['round'] == r and t['organ'] in common]):.1f} %"
-               for r in sorted(decisions)]
-        lines.append(f"on the {len(common)} organs pseudo-labelled in every round (mean of organ means): " + ", ".join(per))
-    notes = ("\n'pseudo DSC': the pseudo-labels against the reference labels; 'specialist DSC': the argmax of the "
-             "specialist that prompted them, on the same cases and organs. 'added voxels': pseudo-labelled voxels "
-             "outside the specialist's argmax (what the generalist contributed), 'added precision': the share of them "
-             "inside the reference; 'removed': argmax voxels the refinement dropped, 'removed wrong': those outside "
-             "the reference. Counts are case × organ decisions.\n")
-    write_text_atomic("# Pseudo-label quality per round\n\n" + "\n".join(f"- {x}" for x in lines) + "\n\n"
-                      + markdown_table(header, body) + "\n" + notes, run / "pseudo_quality.md")
-    _plot_quality(table, run / "pseudo_quality.png")
+def _pseudo_label(base: Any, pseudo_dir: Path, cand_dir: Path, case_probs: Any, prepared: Any, generalist: Any, opts: Any,
+                  space: Any, sources: dict[int, str | None], r: int, previous_dir: Path) -> None:
+    """One case's pseudo-full label of round ``r``, from the gate pass's candidates or from its own pass;
+    written with its decisions and quality rows (so a resumed round needs neither again)."""
+    chosen, decisions = round_sources(len(space.names) + 1, base.annotated, opts, sources)
+    wanted = {k: (s,) for k, s in chosen.items() if s is not None}
+    cands = load_candidates(cand_dir, base.case_id)
+    if cands is None:
+        cands = _case_pass(base, case_probs, prepared, generalist, opts, wanted, previous_dir, gate=False)
+    previous = previous_pseudo(previous_dir, base.case_id)
+    masks, more, ent = select_pseudo_labels(cands, chosen, round_index=r, opts=opts, previous=previous, classes=wanted)
+    decisions.update(more)
+    label = assemble(np.asarray(base.label), masks, {k: cands.probability_of(k) for k in masks})
+    pseudo = frozenset(k for k, m in masks.items() if m.any())
+    quality = None
+    if base.reference is not None:
+        quality = _quality_rows(base, label, pseudo, {k: cands.specialist[k] for k in pseudo}, space, r)
+    save_pseudo(pseudo_dir, base.case_id, label, pseudo, ent,
+                extra={"decisions": {space.name(k): asdict(d) for k, d in sorted(decisions.items())}, "quality": quality})
 
 
-def _plot_quality(table: list[dict[str, Any]], path: Path) -> None:
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = sorted({t["round"] for t in table})
-    organs = sorted({t["organ"] for t in table})
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for organ in organs:
-        ys = [next((t["pseudo_dsc"] for t in table if t["round"] == r and t["organ"] == organ), None) for r in rounds]
-        if any(y is not None for y in ys):
-            ax.plot(rounds, [float("nan") if y is None else y for y in ys], "o-", alpha=0.5, label=organ)
-    means = []
-    for r in rounds:
-        vals = [t["pseudo_dsc"] for t in table if t["round"] == r and t["pseudo_dsc"] is not None]
-        means.append(float(np.mean(vals)) if vals else float("nan"))
-    ax.plot(rounds, means, "k-", lw=3, label="mean")
-    spec = []
-    for r in rounds:
-        vals = [t["specialist_dsc"] for t in table if t["round"] == r and t["specialist_dsc"] is not None]
-        spec.append(float(np.mean(vals)) if vals else float("nan"))
-    ax.plot(rounds, spec, "k--", lw=2, label="specialist's own (mean)")
-    ax.set_xlabel("round")
-    ax.set_ylabel("pseudo-label DSC vs reference")
-    ax.set_xticks(rounds)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    from partialseg.io import save_figure
-
-    save_figure(fig, path)
+def _quality_rows(base: Any, label: np.ndarray, pseudo: frozenset[int], specialist: Any, space: Any, r: int) -> list[dict[str, Any]]:
+    """``pseudo_label_quality`` of each pseudo-labelled organ; ``specialist``: the argmax (X, Y, Z), or
+    class → its ``argmax == k`` crop."""
+    ref = np.asarray(base.reference)
+    rows = []
+    for k in sorted(pseudo):
+        spec = specialist == k if isinstance(specialist, np.ndarray) else specialist[k].full()
+        rows.append({"round": r, "case": base.case_id, "organ": space.name(k),
+                     **pseudo_label_quality(np.asarray(label) == k, spec, ref == k)})
+    return rows

@@ -7,6 +7,7 @@ specialist's softmax (channel 0 background), masks are bool (X, Y, Z).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,12 +65,13 @@ def entropy_rule(new_mean: float, previous_mean: float | None) -> bool:
 
 
 def assemble(
-    label: np.ndarray, masks: dict[int, np.ndarray], probs: np.ndarray
+    label: np.ndarray, masks: dict[int, np.ndarray], probs: Any
 ) -> np.ndarray:
     """The pseudo-full label map: the partial ``label`` plus each class's pseudo-label mask.
 
     Where pseudo-labels of two classes overlap, the voxel goes to the class the specialist finds
-    more probable. Voxels carrying an annotated label are never changed (callers exclude them from
+    more probable: ``probs[k]`` is ``p_k`` (X, Y, Z), read inside ``masks[k]`` only (the softmax
+    (C, X, Y, Z), or a mapping class → volume). Voxels carrying an annotated label are never changed (callers exclude them from
     the masks, and this function writes only where ``label == 0``).
     """
     out = label.copy()
@@ -77,7 +79,7 @@ def assemble(
         return out
     classes = sorted(masks)
     stack = np.stack([masks[c] for c in classes])
-    score = np.where(stack, probs[classes], -1.0)
+    score = np.where(stack, np.stack([np.asarray(probs[c]) for c in classes]), -1.0)
     best = score.argmax(0)
     anywhere = stack.any(0) & (label == 0)
     out[anywhere] = np.asarray(classes, dtype=out.dtype)[best[anywhere]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,15 +27,20 @@ def has_pseudo(folder: Path, case_id: str) -> bool:
     return meta.exists() or legacy.exists()
 
 
-def save_pseudo(folder: Path, case_id: str, label: np.ndarray, pseudo: frozenset[int], ent: dict[int, float] | None = None) -> Path:
-    """Write one case's pseudo-full label map (any integer dtype is kept) and its classes; returns the ``.npy``."""
+def save_pseudo(folder: Path, case_id: str, label: np.ndarray, pseudo: frozenset[int], ent: dict[int, float] | None = None,
+                *, extra: dict[str, Any] | None = None) -> Path:
+    """Write one case's pseudo-full label map (any integer dtype is kept) and its classes; returns the ``.npy``.
+
+    ``extra``: JSON-able facts about how it was made (a method's decisions, quality rows), read back by
+    :func:`load_pseudo_extra`."""
     npy, meta, _ = _paths(Path(folder), case_id)
     tmp = npy.with_name(f".{npy.name}.tmp")
     with open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(label))
     tmp.replace(npy)
     tmp = meta.with_name(f".{meta.name}.tmp")
-    tmp.write_text(json.dumps({"pseudo": sorted(int(c) for c in pseudo), "entropies": {str(k): float(v) for k, v in (ent or {}).items()}}))
+    tmp.write_text(json.dumps({"pseudo": sorted(int(c) for c in pseudo), "entropies": {str(k): float(v) for k, v in (ent or {}).items()},
+                               **(extra or {})}))
     tmp.replace(meta)
     return npy
 
@@ -55,4 +61,16 @@ def load_pseudo(folder: Path, case_id: str) -> tuple[np.ndarray, frozenset[int],
                          "delete it to have it made again") from None
 
 
-__all__ = ["has_pseudo", "load_pseudo", "save_pseudo"]
+def load_pseudo_extra(folder: Path, case_id: str) -> dict[str, Any]:
+    """The ``extra`` facts saved with a case's pseudo-label (empty for older folders)."""
+    _, meta, _ = _paths(Path(folder), case_id)
+    if not meta.exists():
+        return {}
+    try:
+        d = json.loads(meta.read_text())
+    except ValueError as e:
+        raise InputError(meta, f"cannot read the pseudo-label ({e}); delete it to have it made again") from None
+    return {k: v for k, v in d.items() if k not in ("pseudo", "entropies")}
+
+
+__all__ = ["has_pseudo", "load_pseudo", "load_pseudo_extra", "save_pseudo"]

@@ -40,7 +40,8 @@ def sweep_tau(
     from partialseg.inference.sliding_window import sliding_window_probabilities
     from partialseg.preprocessing import PreparedDataset
     from partialseg.progress import progress as progress_bar
-    from partialseg.pseudolabel.loop import _protected, hounsfield, pseudo_label_quality
+    from partialseg.pseudolabel.candidates import _protected
+    from partialseg.pseudolabel.loop import hounsfield, pseudo_label_quality
     from partialseg.pseudolabel.refine import prompt_mask, refine
     from partialseg.training.trainer import load_train_cases
 
