@@ -158,30 +158,66 @@ def _build_net(base_channels: int):
 
 
 # -- training --------------------------------------------------------------------------------------
-def _jittered_prompts(mask: np.ndarray, cfg: BoxNetConfig, rng: np.random.Generator) -> list[BoxPrompt]:
+Box = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+def organ_boxes(label: np.ndarray) -> dict[int, Box]:
+    """Half-open bounding box ``(lo, hi)`` of every label value > 0 present in ``label`` (X, Y, Z), in one
+    pass over the volume (``scipy.ndimage.find_objects``)."""
+    from scipy.ndimage import find_objects
+
+    out: dict[int, Box] = {}
+    for k, sl in enumerate(find_objects(np.asarray(label)), start=1):
+        if sl is not None:
+            out[k] = (tuple(int(s.start) for s in sl), tuple(int(s.stop) for s in sl))  # type: ignore[assignment]
+    return out
+
+
+def organ_prompts(label: np.ndarray, k: int, box: Box, padding: int) -> list[BoxPrompt]:
+    """``box_prompts_from_mask(label == k, padding=padding)``, reading only the organ's bounding box ``box``.
+
+    The median slices and 2D boxes depend on the mask inside its bounding box only; the padding is added
+    in volume coordinates so that it is clipped to the volume, not to the box.
+    """
+    lo, _ = box
+    crop = np.asarray(label[tuple(slice(a, b) for a, b in zip(*box))]) == k
+    out = []
+    for p in box_prompts_from_mask(crop, padding=0):
+        plo = [a + o - (padding if d != p.axis else 0) for d, (a, o) in enumerate(zip(p.lo, lo))]
+        phi = [b + o + (padding if d != p.axis else 0) for d, (b, o) in enumerate(zip(p.hi, lo))]
+        plo = [max(v, 0) for v in plo]
+        phi = [min(v, n) for v, n in zip(phi, label.shape)]
+        out.append(BoxPrompt(p.axis, p.index + lo[p.axis], tuple(plo), tuple(phi)))  # type: ignore[arg-type]
+    return out
+
+
+def _jittered_prompts(label: np.ndarray, k: int, box: Box, cfg: BoxNetConfig, rng: np.random.Generator) -> list[BoxPrompt]:
     pad = int(rng.integers(max(cfg.padding - 2, 0), cfg.padding + 3))
     out = []
-    for p in box_prompts_from_mask(mask, padding=pad):
+    for p in organ_prompts(label, k, box, pad):
         lo, hi = list(p.lo), list(p.hi)
         for d in range(3):
             if d == p.axis:
                 continue
             j = cfg.box_jitter
-            lo[d] = int(np.clip(lo[d] + rng.integers(-j, j + 1), 0, mask.shape[d] - 1))
-            hi[d] = int(np.clip(hi[d] + rng.integers(-j, j + 1), lo[d] + 1, mask.shape[d]))
+            lo[d] = int(np.clip(lo[d] + rng.integers(-j, j + 1), 0, label.shape[d] - 1))
+            hi[d] = int(np.clip(hi[d] + rng.integers(-j, j + 1), lo[d] + 1, label.shape[d]))
         out.append(BoxPrompt(p.axis, p.index, tuple(lo), tuple(hi)))  # type: ignore[arg-type]
     return out
 
 
 def _sample(cases: Sequence[BoxNetCase], by_organ: dict[int, list[int]], cfg: BoxNetConfig,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            rng: np.random.Generator, boxes: Sequence[dict[int, Box]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One training pair. ``boxes``: :func:`organ_boxes` of every case, computed once (else found here)."""
     from partialseg.training.sampling import crop_with_padding
 
     organs = sorted(by_organ)
     k = organs[int(rng.integers(len(organs)))]
-    case = cases[by_organ[k][int(rng.integers(len(by_organ[k])))]]
+    i = by_organ[k][int(rng.integers(len(by_organ[k])))]
+    case = cases[i]
     label = np.asarray(case.label)
-    prompts = _jittered_prompts(label == k, cfg, rng)
+    box = boxes[i][k] if boxes is not None else organ_boxes(label)[k]
+    prompts = _jittered_prompts(label, k, box, cfg, rng)
     lo, hi = prompts_bbox(prompts)
     offset = [int(rng.integers(-cfg.shift, cfg.shift + 1)) for _ in range(3)]
     origin, size = _window(lo, hi, cfg.crop_size, offset=offset, grow=False)
@@ -241,10 +277,10 @@ def train_boxnet(
         return model_file
     model_file = out / MODEL_FILE
     by_organ: dict[int, list[int]] = {}
+    boxes = [organ_boxes(c.label) for c in cases]  # once: a sample then reads only its organ's box
     for i, c in enumerate(cases):
-        present = set(np.unique(np.asarray(c.label)).tolist())
         for k in sorted(c.annotated):
-            if k > 0 and k in present:
+            if k > 0 and k in boxes[i]:
                 by_organ.setdefault(int(k), []).append(i)
     if not by_organ:
         raise PartialsegError("boxnet: no annotated organ in the training cases (nothing to learn boxes from)")
@@ -270,7 +306,7 @@ def train_boxnet(
     def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         # one generator per step: a resumed run draws exactly the batches an uninterrupted one does
         rng = np.random.default_rng([cfg.seed, step])
-        xs, ys = zip(*(_sample(cases, by_organ, cfg, rng) for _ in range(cfg.batch_size)))
+        xs, ys = zip(*(_sample(cases, by_organ, cfg, rng, boxes) for _ in range(cfg.batch_size)))
         return torch.from_numpy(np.stack(xs)).to(dev), torch.from_numpy(np.stack(ys)).to(dev)
 
     def loss_of(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
