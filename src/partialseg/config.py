@@ -57,7 +57,32 @@ class OptimConfig:
 
 @dataclass
 class AugmentConfig:
+    """Training augmentation. ``preset`` chooses the pipeline:
+
+    - ``"light"`` (the default, and the CPU benchmark presets'): hand-written torch code run in the loader
+      (``training.augment``): with ``p_rotate_scale`` a rotation about the S-I axis by up to
+      ``max_rotation_deg`` and a scaling in ``scale_range``, with ``p_intensity`` contrast, brightness and
+      gamma, with ``p_noise`` Gaussian noise of ``noise_std``. Weak, but cheap enough for 2-core CPU runs, and
+      what every table in docs/ was measured with.
+    - ``"nnunet"`` (the GPU benchmark preset ``full``): nnU-Net v2's default training transforms at its
+      probabilities and ranges (``nnUNetTrainer.get_training_transforms``, Isensee et al. 2021), made of MONAI
+      array transforms (``training.augment_nnunet``, which lists them): rotation (±30° about each axis, or
+      ±180° in-plane for anisotropic patches) and scaling (0.7-1.4) from nnU-Net's larger source patch,
+      noise, blur, brightness, contrast, low resolution, gamma with and without inversion. The light fields
+      below (``p_rotate_scale`` to ``noise_std``) do not apply to it. With ``on_device`` the loader workers
+      only crop (reading only the part of the larger patch a rotation uses) and the augmentation runs on the
+      training device after the transfer, which is what lets a few CPU cores feed a GPU step; without it the
+      workers augment.
+
+    Both: mirroring only left-right, with probability ``p_mirror_lr``, at sampling time and with the left/right
+    labels swapped (``sampling.mirror_left_right``): nnU-Net mirrors every axis (p 0.5 each), but a mirror
+    without the swap would teach that a left kidney can lie on the right. Batches stay a pure function of
+    ``(seed, rank, step)`` with either preset.
+    """
+
     enabled: bool = True
+    preset: str = "light"  # "light" or "nnunet" (see above)
+    on_device: bool = True  # nnunet preset: augment on the training device (True) or in the loader workers
     p_rotate_scale: float = 0.2  # probability of a random rotation about the S-I axis and scaling
     max_rotation_deg: float = 15.0
     scale_range: tuple[float, float] = (0.85, 1.15)
@@ -192,6 +217,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "plan.max_dataset_fraction": (0, 1, True, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
+    "augment.preset": ("light", "nnunet"),
     "train.postprocessing": ("auto", "none"),
     "data.normalization": ("tct", "nnunet", "zscore"),
     "data.cache_storage": ("blosc2", "npy"),

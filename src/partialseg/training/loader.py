@@ -10,7 +10,9 @@ seen, and nothing random needs to be stored in a checkpoint.
 workers, pinned memory, ``prefetch_factor`` batches ahead per worker), as nnU-Net runs its
 batchgenerators augmentation in background processes, so that on a GPU the network step and not
 the loader sets the pace. Workers are forked (the memory-mapped cases are shared, not copied);
-where ``fork`` does not exist, batches are made in the main process.
+where ``fork`` does not exist, batches are made in the main process. With ``augment.preset = "nnunet"``
+the workers only crop and :func:`finish_batch` augments on the training device (``augment.on_device``),
+so a GPU and not the CPU cores pays for the resampling.
 """
 
 from __future__ import annotations
@@ -63,26 +65,63 @@ def collate(patches: Sequence[Any], num_channels: int) -> Batch:
     )
 
 
+def _nnunet(recipe: BatchRecipe) -> bool:
+    return recipe.augment.enabled and recipe.augment.preset == "nnunet"
+
+
 def make_batch(recipe: BatchRecipe, step: int) -> Batch:
     """The batch of optimiser step ``step`` (0-based): ``batch_size`` patches, the last
-    ``round(foreground_fraction * batch_size)`` forced onto an annotated organ (nnU-Net's rule)."""
+    ``round(foreground_fraction * batch_size)`` forced onto an annotated organ (nnU-Net's rule).
+
+    With ``augment.preset = "nnunet"`` and ``augment.on_device`` the batch is not augmented yet: it holds the
+    larger source patches (``NnUNetAugment.source_size``, int16 labels), of each only the part its spatial
+    transform reads, and :func:`finish_batch` augments it on the training device.
+    """
     from partialseg.training.augment import augment_batch
+    from partialseg.training.augment_nnunet import NnUNetAugment, draw_batch, source_region
     from partialseg.training.sampling import mirror_left_right, sample_patch
 
     rng = np.random.default_rng([int(recipe.seed), int(recipe.rank), int(step)])
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     n_fg = int(round(recipe.foreground_fraction * recipe.batch_size))
     aug = recipe.augment
+    nnunet = _nnunet(recipe)
+    margin, draws, source = (0, 0, 0), None, recipe.patch_size
+    if nnunet:
+        params = NnUNetAugment()
+        source = params.source_size(recipe.patch_size)
+        margin = tuple((s - p) // 2 for s, p in zip(source, recipe.patch_size))
+        draws = draw_batch(params, recipe.patch_size, recipe.batch_size, recipe.seed, recipe.rank, step)
     patches = []
     for i in range(recipe.batch_size):
         case = recipe.cases[int(rng.integers(len(recipe.cases)))]
+        within = source_region(draws[i], recipe.patch_size, source) if draws is not None else None
         p = sample_patch(case.image, case.label, case.annotated, case.class_locations, recipe.patch_size, rng,
-                         force_foreground=i >= recipe.batch_size - n_fg, pad_value=case.pad_value, pseudo=case.pseudo)
+                         force_foreground=i >= recipe.batch_size - n_fg, pad_value=case.pad_value, pseudo=case.pseudo,
+                         margin=margin, within=within, label_dtype=np.int16 if nnunet else np.int64)
         if aug.enabled and aug.p_mirror_lr > 0 and rng.random() < aug.p_mirror_lr:
-            p = mirror_left_right(p, recipe.label_space)
+            p = mirror_left_right(p, recipe.label_space)  # source regions are symmetric: still the part that is read
+        if nnunet:
+            p.label = p.label.astype(np.int16, copy=False)  # (the swap table is int64) a quarter of the bytes to move
         patches.append(p)
     batch = collate(patches, recipe.label_space.num_channels)
+    if nnunet:
+        return batch if aug.on_device else finish_batch(recipe, batch, step, here=True)
     image, target = augment_batch(batch.image, batch.target, aug, gen)
+    return Batch(image, target, batch.annotated, batch.pseudo)
+
+
+def finish_batch(recipe: BatchRecipe, batch: Batch, step: int, *, here: bool = False) -> Batch:
+    """The augmentation left to the training device: nnU-Net's (``augment.preset = "nnunet"``) on a batch
+    from :func:`make_batch`, on ``batch``'s device; any other batch is returned as it is. ``here``: also
+    without ``augment.on_device`` (``make_batch`` itself)."""
+    if not _nnunet(recipe) or not (recipe.augment.on_device or here):
+        return batch
+    from partialseg.training.augment_nnunet import NnUNetAugment, augment_nnunet, draw_batch
+
+    params = NnUNetAugment()
+    draws = draw_batch(params, recipe.patch_size, recipe.batch_size, recipe.seed, recipe.rank, step)
+    image, target = augment_nnunet(batch.image, batch.target, draws, params, recipe.patch_size)
     return Batch(image, target, batch.annotated, batch.pseudo)
 
 

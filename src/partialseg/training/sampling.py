@@ -23,11 +23,17 @@ class Patch:
     pseudo: frozenset[int]
 
 
-def crop_with_padding(array: np.ndarray, lo: Sequence[int], size: Sequence[int], pad_value: float) -> np.ndarray:
-    """Crop the last three axes at ``lo`` (may be negative / overrun) to ``size``, padding outside."""
+def crop_with_padding(array: np.ndarray, lo: Sequence[int], size: Sequence[int], pad_value: float,
+                      within: tuple[Sequence[int], Sequence[int]] | None = None) -> np.ndarray:
+    """Crop the last three axes at ``lo`` (may be negative / overrun) to ``size``, padding outside.
+
+    ``within``: a box ``[a, b)`` of the crop's own coordinates; only that part is read from ``array``,
+    the rest is ``pad_value`` (the nnU-Net augmentation's larger patch, of which a rotation reads a part).
+    """
     spatial = array.shape[-3:]
     out = np.full(array.shape[:-3] + tuple(size), pad_value, dtype=array.dtype)
-    src = tuple(slice(max(l, 0), min(l + s, n)) for l, s, n in zip(lo, size, spatial))
+    a, b = within if within is not None else ((0, 0, 0), size)
+    src = tuple(slice(max(l + i, 0), min(l + j, n)) for l, i, j, n in zip(lo, a, b, spatial))
     dst = tuple(slice(sl.start - l, sl.stop - l) for sl, l in zip(src, lo))
     if all(sl.stop > sl.start for sl in src):
         out[(..., *dst)] = array[(..., *src)]
@@ -66,8 +72,17 @@ def sample_patch(
     force_foreground: bool,
     pad_value: float,
     pseudo: frozenset[int] = frozenset(),
+    margin: Sequence[int] = (0, 0, 0),
+    within: tuple[Sequence[int], Sequence[int]] | None = None,
+    label_dtype: type = np.int64,
 ) -> Patch:
-    """One patch from a case. ``image`` (1, X, Y, Z), ``label`` (X, Y, Z)."""
+    """One patch from a case. ``image`` (1, X, Y, Z), ``label`` (X, Y, Z).
+
+    ``margin``: the patch is chosen as without it (so the same voxels are in its centre) and ``margin``
+    voxels are added on both sides of each axis (the larger patch nnU-Net's spatial augmentation samples
+    from); ``within``: only that box of the result is read (``crop_with_padding``); ``label_dtype``: of the
+    label patch (int16 for those larger patches).
+    """
     centre = None
     if force_foreground:
         classes = sorted(c for c in annotated | pseudo if c in class_locations and len(class_locations[c]))
@@ -76,8 +91,10 @@ def sample_patch(
             locs = class_locations[c]
             centre = [int(v) for v in locs[int(rng.integers(len(locs)))]]
     lo = choose_patch_origin(label.shape, patch_size, rng, centre)
-    img = crop_with_padding(image, lo, patch_size, pad_value).astype(np.float32, copy=False)
-    lab = crop_with_padding(label, lo, patch_size, 0).astype(np.int64, copy=False)
+    lo = [o - m for o, m in zip(lo, margin)]
+    size = [p + 2 * m for p, m in zip(patch_size, margin)]
+    img = crop_with_padding(image, lo, size, pad_value, within).astype(np.float32, copy=False)
+    lab = crop_with_padding(label, lo, size, 0, within).astype(label_dtype, copy=False)
     return Patch(img, lab, annotated, pseudo)
 
 

@@ -365,7 +365,7 @@ def _train(
 
         bar = progress_bar(total=total, initial=state.step, desc=f"train {method.name}", unit="step")
     patch = cfg.train.patch_size
-    from partialseg.training.loader import BatchRecipe, batch_loader, resolve_workers
+    from partialseg.training.loader import BatchRecipe, batch_loader, finish_batch, resolve_workers
 
     recipe = BatchRecipe(train_cases, space, tuple(patch), cfg.train.batch_size, cfg.train.foreground_fraction,
                          cfg.augment, cfg.train.seed, rank)
@@ -408,7 +408,7 @@ def _train(
             on_step(step)
 
     try:
-        run_steps(start=state.step, total=total, next_batch=lambda step: next(batches).to(device),
+        run_steps(start=state.step, total=total, next_batch=lambda step: finish_batch(recipe, next(batches).to(device), step),
                   loss_of=lambda batch, step: ddp_model(batch, StepContext(step, total)), optimizer=optimizer,
                   parameters=model.parameters(), lr=lambda step: lr_at(step, total, cfg.optim.lr, cfg.optim.schedule),
                   grad_clip=cfg.optim.grad_clip, device=device, amp=cfg.train.amp, amp_cpu=cfg.train.amp_cpu,
