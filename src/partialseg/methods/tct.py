@@ -222,17 +222,44 @@ class TCT(Method):
     # -- loss --------------------------------------------------------------------------------
     def loss(self, net: nn.Module, extras: nn.Module | None, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         assert isinstance(extras, TCTExtras), "TCT needs its extras (build_extras)"
-        o = self.options
         f = net.features(batch.image)
         logits, aux = self.heads(net, extras, f)
-        target, annotated = batch.target, batch.annotated
+        return self.head_loss(logits, aux, batch.target, batch.annotated, extras.log_vars, ctx)
 
-        # one softmax of the MSH for L_main and L_con (the CE variant has its own log-softmax)
-        probs = torch.softmax(logits.float(), dim=1) if o.consistency or o.main_ce_weight == 0 else None
+    def main_probs(self, logits: Tensor) -> Tensor | None:
+        """``softmax(logits.float(), 1)`` when ``L_main`` or ``L_con`` use it (one softmax for both), else None
+        (the CE variant of ``L_main`` without consistency has its own log-softmax)."""
+        o = self.options
+        return torch.softmax(logits.float(), dim=1) if o.consistency or o.main_ce_weight == 0 else None
+
+    def main_loss(self, logits: Tensor, target: Tensor, annotated: Tensor, probs: Tensor | None = None) -> Tensor:
+        """``L_main`` (Eq. 1-2) of MSH logits ``(B, N+1, *spatial)``: marginal Dice over {0} ∪ Phi (plus the
+        marginal CE with ``main_ce_weight``); ``probs`` from :meth:`main_probs` of the same logits, or None."""
+        o = self.options
         if o.main_ce_weight > 0:
-            l_main = L.marginal_loss(logits, target, annotated, ce_weight=o.main_ce_weight, dice_weight=1.0)
-        else:
-            l_main = L.marginal_dice_loss(logits, target, annotated, probs=probs)
+            return L.marginal_loss(logits, target, annotated, ce_weight=o.main_ce_weight, dice_weight=1.0)
+        return L.marginal_dice_loss(logits, target, annotated, probs=probs)
+
+    def head_loss(self, logits: Tensor, aux: Tensor, target: Tensor, annotated: Tensor, log_vars: Tensor | None,
+                  ctx: StepContext, *, l_main: Tensor | None = None,
+                  probs: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """Eq. 7 from the heads' outputs, wherever they come from (this method's network, or nnU-Net's decoder
+        in :mod:`partialseg.engines.nnunet.tct`).
+
+        Args:
+            logits: MSH logits ``(B, N+1, *spatial)``.
+            aux: ATH logits ``(B, N, 2, *spatial)`` or their differences ``(B, N, 1, *spatial)``.
+            target: ``(B, *spatial)`` int in ``0..N``; annotated: ``(B, N+1)`` bool.
+            log_vars: :attr:`TCTExtras.log_vars`.
+            l_main: ``L_main`` computed by the caller (nnU-Net's deep supervision: its weighted sum over the
+                output scales); None: :meth:`main_loss` of ``logits``.
+            probs: :meth:`main_probs` of ``logits`` when the caller has it.
+        """
+        o = self.options
+        if probs is None:
+            probs = self.main_probs(logits)
+        if l_main is None:
+            l_main = self.main_loss(logits, target, annotated, probs)
         if o.consistency:
             # every ATH's Dice loss and consistency term, and the IoUs, from one pass over the ATHs
             ath_dice, terms, iou = T.tct_head_terms(logits, aux, target, probs=probs, stop_grad_aux=o.stop_grad_aux)
@@ -244,7 +271,7 @@ class TCT(Method):
         # torch.where, not an if: no host-device synchronisation.
         supervised = annotated[:, 1:].any(dim=0)  # (N,)
         logs: dict[str, Tensor] = {}
-        s = extras.log_vars
+        s = log_vars
         if o.weighting == "uwl":
             # one loss per ATH (the batch mean of its Dice loss where annotated); their sum is L_aux
             per_ath = torch.where(annotated[:, 1:], ath_dice, torch.zeros_like(ath_dice)).mean(dim=0)

@@ -3,8 +3,8 @@
 nnU-Net v2 (Isensee et al. 2021, "nnU-Net: a self-configuring method for deep learning-based biomedical
 image segmentation", Nature Methods 18:203-211) plans, preprocesses, augments, builds the network and runs
 the schedule; the trainers here replace only its loss with partialseg's (``full``, ``sigmoid``, ``marginal``,
-``exclusion``, ``aal``), fed with each patch's annotated classes, and make its online pseudo-Dice count
-annotated classes only.
+``exclusion``, ``aal``; ``tct`` adds its training-only auxiliary heads on the decoder), fed with each patch's
+annotated classes, and make its online pseudo-Dice count annotated classes only.
 
 Modules (only :mod:`.annotations` and :mod:`.paths` import without nnunetv2):
 
@@ -12,6 +12,8 @@ Modules (only :mod:`.annotations` and :mod:`.paths` import without nnunetv2):
 - :mod:`.paths`: nnU-Net's three path variables for a partialseg run folder;
 - :mod:`.loss`: partialseg's method loss at every deep-supervision scale;
 - :mod:`.trainers`: the ``nnUNetTrainer_partialseg_<method>`` classes;
+- :mod:`.tct`: ``nnUNetTrainer_partialseg_tct``, TCT's auxiliary heads on nnU-Net's decoder (training only);
+- :mod:`.predict`: ``partialseg predict`` for a run trained with ``--engine nnunet`` (nnU-Net's predictor);
 - :mod:`.run`: ``partialseg-nnunet-train``, nnU-Net's single-process training entry with our classes.
 
 How nnU-Net finds the trainers (nnunetv2 ≥ 2.8): ``partialseg-nnunet-train DATASET 3d_fullres FOLD -tr
@@ -28,8 +30,8 @@ from pathlib import Path
 __all__ = ["EXT_TRAINER_DIR", "METHODS", "TRAINER_PREFIX", "trainer_name"]
 
 TRAINER_PREFIX = "nnUNetTrainer_partialseg_"
-#: partialseg methods with an nnU-Net trainer: one network output, a loss of (logits, target, Phi)
-METHODS = ("full", "sigmoid", "marginal", "exclusion", "aal")
+#: partialseg methods with an nnU-Net trainer: a loss of (logits, target, Phi); ``tct`` adds training-only heads (.tct)
+METHODS = ("full", "sigmoid", "marginal", "exclusion", "aal", "tct")
 #: the folder to put in nnU-Net's ``nnUNet_extTrainer``: one module re-exporting the trainer classes, so that
 #: nnU-Net's scan imports nothing else of partialseg under a second module name
 EXT_TRAINER_DIR = Path(__file__).resolve().parent / "external_trainers"

@@ -190,3 +190,7 @@ TRAINERS: dict[str, type[nnUNetTrainer_partialseg]] = {
     for cls in (nnUNetTrainer_partialseg_full, nnUNetTrainer_partialseg_sigmoid, nnUNetTrainer_partialseg_marginal,
                 nnUNetTrainer_partialseg_exclusion, nnUNetTrainer_partialseg_aal)
 }
+
+# TCT's trainer (heads, loss, checkpoints) has its own module and adds itself to TRAINERS; imported here so
+# that TRAINERS is complete whichever module is imported first
+from partialseg.engines.nnunet import tct as _tct  # noqa: E402,F401
