@@ -13,6 +13,8 @@ Modules (only :mod:`.annotations` and :mod:`.paths` import without nnunetv2):
 - :mod:`.loss`: partialseg's method loss at every deep-supervision scale;
 - :mod:`.trainers`: the ``nnUNetTrainer_partialseg_<method>`` classes;
 - :mod:`.tct`: ``nnUNetTrainer_partialseg_tct``, TCT's auxiliary heads on nnU-Net's decoder (training only);
+- :mod:`.vls`: ``nnUNetTrainer_partialseg_ipnp``, IPnP's retraining with the VLS loss on pseudo-labels;
+- :mod:`.ipnp` (with :mod:`.pseudo`): IPnP's rounds with an nnU-Net specialist (``--method ipnp``);
 - :mod:`.predict`: ``partialseg predict`` for a run trained with ``--engine nnunet`` (nnU-Net's predictor);
 - :mod:`.run`: ``partialseg-nnunet-train``, nnU-Net's single-process training entry with our classes.
 

@@ -74,8 +74,15 @@ def train_run(dataset: str | Path, run: str | Path, method: str = "marginal", ov
     """Plan, preprocess and train ``method`` with nnU-Net inside ``run``; returns nnU-Net's fold folder."""
     if importlib.util.find_spec("nnunetv2") is None:
         raise PartialsegError(INSTALL_HINT)
+    from partialseg.methods.ipnp import is_ipnp
+
+    if is_ipnp(method):  # round 0, then rounds of pseudo-labels and VLS retraining (.ipnp)
+        from partialseg.engines.nnunet.ipnp import train_ipnp_run
+
+        return train_ipnp_run(dataset, run, method, overrides, resume=resume)
     if method not in METHODS:
-        raise PartialsegError(f"method {method!r} has no nnU-Net trainer; --engine nnunet takes {list(METHODS)}")
+        raise PartialsegError(f"method {method!r} has no nnU-Net trainer; --engine nnunet takes {list(METHODS)} "
+                              "and the IPnP methods (ipnp, ipnp_gated)")
     run = Path(run)
     settings, options = parse_overrides(overrides)
     from partialseg.methods.base import get_method

@@ -9,7 +9,9 @@ before each call, and the same ``(B, C)`` mask goes to every scale.
 
 The per-scale loss is the partialseg method's own :meth:`~partialseg.methods.base.Method.loss`, not a copy:
 the method is handed an identity "network" and a batch whose image is the scale's logits, so what it
-computes is exactly what partialseg's trainer computes for those logits.
+computes is exactly what partialseg's trainer computes for those logits. IPnP's retraining
+(:mod:`.vls`) also sets :attr:`PartialsegLoss.pseudo`, the ``(B, C)`` pseudo-labelled classes P, which reach
+the method as ``Batch.pseudo`` (its VLS mask then uses the argmax of each scale's own logits).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class ScaleLoss(nn.Module):
         logits: ``(B, C, *spatial)``, C = N + 1; for a per-organ sigmoid method (``background_logit``) channel
             0 is the constant 0 the trainer's network puts first and the method gets channels ``1..N``.
         target: ``(B, 1, *spatial)`` or ``(B, *spatial)`` label map, any number type, values ``0..N``.
-        annotated: ``(B, C)`` bool, Phi per sample with column 0 True.
+        annotated: ``(B, C)`` bool, Phi per sample with column 0 True (with pseudo-labels: Phi ∪ P).
+        pseudo: ``(B, C)`` bool, the pseudo-labelled classes P per sample, or None (no pseudo-labels).
     """
 
     def __init__(self, method: Method, *, background_logit: bool = False) -> None:
@@ -42,12 +45,12 @@ class ScaleLoss(nn.Module):
         self.identity = nn.Identity()
         self.step = StepContext(0, 1)
 
-    def forward(self, logits: Tensor, target: Tensor, annotated: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, logits: Tensor, target: Tensor, annotated: Tensor, pseudo: Tensor | None = None) -> Tensor:  # type: ignore[override]
         if target.ndim == logits.ndim:
             target = target[:, 0]
         if self.background_logit:
             logits = logits[:, 1:]
-        loss, _ = self.method.loss(self.identity, None, Batch(logits, target.long(), annotated), self.step)
+        loss, _ = self.method.loss(self.identity, None, Batch(logits, target.long(), annotated, pseudo), self.step)
         return loss
 
 
@@ -55,7 +58,8 @@ class PartialsegLoss(nn.Module):
     """The trainer's ``self.loss``: :class:`ScaleLoss` per scale, weighted by nnU-Net's own
     ``DeepSupervisionWrapper`` with nnU-Net's weights (``weights=None``: deep supervision off, one output).
 
-    Set :attr:`annotated` (``(B, C)`` bool, on the loss's device) and :attr:`step` before each call.
+    Set :attr:`annotated` (``(B, C)`` bool, on the loss's device) and :attr:`step` before each call, and
+    :attr:`pseudo` (``(B, C)`` bool P, or None) where the dataset carries pseudo-labels.
     """
 
     def __init__(self, method: Method, weights: Sequence[float] | None, *, background_logit: bool = False) -> None:
@@ -63,6 +67,7 @@ class PartialsegLoss(nn.Module):
         self.scale = ScaleLoss(method, background_logit=background_logit)
         self.deep_supervision = None if weights is None else DeepSupervisionWrapper(self.scale, list(weights))
         self.annotated: Tensor | None = None
+        self.pseudo: Tensor | None = None
 
     @property
     def weights(self) -> tuple[float, ...] | None:
@@ -80,8 +85,12 @@ class PartialsegLoss(nn.Module):
         annotated = self.annotated
         if annotated is None:
             raise RuntimeError("PartialsegLoss.annotated is not set: the trainer sets the batch's (B, C) Phi mask first")
+        pseudo = self.pseudo
         if self.deep_supervision is None:
-            return self.scale(output, target, annotated)
+            return self.scale(output, target, annotated, pseudo)
         if not isinstance(output, (list, tuple)) or not isinstance(target, (list, tuple)) or len(output) != len(target):
             raise ValueError("deep supervision needs one output and one target per scale (two lists of equal length)")
-        return self.deep_supervision(list(output), list(target), [annotated] * len(output))
+        n = len(output)
+        if pseudo is None:  # nnU-Net's wrapper zips lists, one per argument of the scale loss
+            return self.deep_supervision(list(output), list(target), [annotated] * n)
+        return self.deep_supervision(list(output), list(target), [annotated] * n, [pseudo] * n)

@@ -194,3 +194,4 @@ TRAINERS: dict[str, type[nnUNetTrainer_partialseg]] = {
 # TCT's trainer (heads, loss, checkpoints) has its own module and adds itself to TRAINERS; imported here so
 # that TRAINERS is complete whichever module is imported first
 from partialseg.engines.nnunet import tct as _tct  # noqa: E402,F401
+from partialseg.engines.nnunet import vls as _vls  # noqa: E402,F401 (IPnP's VLS retraining trainer, the same way)

@@ -8,3 +8,4 @@ from partialseg.engines.nnunet.trainers import (  # noqa: F401 (what nnU-Net loo
     nnUNetTrainer_partialseg_marginal,
     nnUNetTrainer_partialseg_sigmoid,
 )
+from partialseg.engines.nnunet.vls import nnUNetTrainer_partialseg_ipnp  # noqa: F401,E402
