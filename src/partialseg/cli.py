@@ -367,11 +367,18 @@ def predict(
     mirror: Annotated[bool, typer.Option(help="Left-right mirror test-time augmentation (left/right organs swapped back; twice the time).")] = False,
 ) -> None:
     """Segment images; each output has the input's exact shape and affine."""
+    from partialseg.engines.nnunet.predict import is_nnunet_run
     from partialseg.inference.predict import predict_folder
 
     try:
-        written = predict_folder(run, input_dir, out_dir, probabilities=probabilities, device=device, overlap=overlap,
-                                 postprocess=postprocess, mirror=mirror)
+        if is_nnunet_run(run):  # trained with --engine nnunet: nnU-Net's predictor (no postprocessing step)
+            from partialseg.engines.nnunet.predict import predict_run
+
+            written = predict_run(run, input_dir, out_dir, device=device, overlap=overlap, mirror=mirror,
+                                  probabilities=probabilities)
+        else:
+            written = predict_folder(run, input_dir, out_dir, probabilities=probabilities, device=device,
+                                     overlap=overlap, postprocess=postprocess, mirror=mirror)
     except (PartialsegError, OSError) as e:
         _fail(e)
     _say(f"wrote {len(written)} label maps to {out_dir}")
