@@ -55,11 +55,15 @@ def ipnp_run(tmp_path_factory):
         assert r.exit_code == 0, r.output
     ds = root / "partial"
     before = _files(ds)
+    saved = os.environ.get("nnUNet_n_proc_DA")
     os.environ["nnUNet_n_proc_DA"] = "0"  # batches in this process: no augmentation workers
     try:
         fold = train_ipnp_run(ds, root / "run", "ipnp", SMALL, edit_plans=_tiny_plan)
     finally:
-        os.environ.pop("nnUNet_n_proc_DA", None)
+        if saved is None:
+            os.environ.pop("nnUNet_n_proc_DA", None)
+        else:
+            os.environ["nnUNet_n_proc_DA"] = saved
     return {"dataset": ds, "run": root / "run", "fold": fold, "before": before,
             "dataset_json": json.loads((ds / "dataset.json").read_text())}
 
@@ -237,3 +241,23 @@ def test_cli_dispatches_ipnp_to_the_nnunet_procedure(monkeypatch, tmp_path):
     assert r.exit_code == 0, r.output
     assert seen == {"dataset": tmp_path / "ds", "run": tmp_path / "run", "method": "ipnp_gated",
                     "overrides": ["method.options.rounds=3"], "resume": False}
+
+
+def test_boxnet_generalist_trains_on_the_training_cases_image_grids(ipnp_run, tmp_path):
+    from partialseg.data.dataset import PartialDataset
+    from partialseg.engines.nnunet.paths import run_paths
+    from partialseg.engines.nnunet.pseudo import _ras_case, build_generalist_for
+    from partialseg.generalist.prompts import box_prompts_from_mask
+    from partialseg.methods.base import get_method
+
+    ds = PartialDataset.load(ipnp_run["dataset"])
+    opts = get_method("ipnp").parse_options({"generalist": "boxnet", "generalist_training": {"steps": 3, "checkpoint_every": 3}})
+    gen = build_generalist_for(opts, ds, tmp_path, run_paths(ipnp_run["run"]), {"fold": 0, "device": "cpu"}, False)
+    log = (tmp_path / "generalist" / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 3  # trained here, three steps
+    case = ds.cases[0]
+    _, hu, label, spacing, _ = _ras_case(case, ds)
+    k = max(case.annotated, key=lambda c: int((label == c).sum()))
+    mask = gen.segment(hu, spacing, box_prompts_from_mask(label == k, axes=(2, 0), padding=opts.padding))
+    assert mask.shape == label.shape and mask.dtype == bool
+    assert gen.spacing == pytest.approx(spacing)  # trained at the cases' own (RAS) spacing
