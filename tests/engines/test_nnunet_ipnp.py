@@ -261,3 +261,17 @@ def test_boxnet_generalist_trains_on_the_training_cases_image_grids(ipnp_run, tm
     mask = gen.segment(hu, spacing, box_prompts_from_mask(label == k, axes=(2, 0), padding=opts.padding))
     assert mask.shape == label.shape and mask.dtype == bool
     assert gen.spacing == pytest.approx(spacing)  # trained at the cases' own (RAS) spacing
+
+
+def test_predict_uses_the_last_rounds_model(ipnp_run, tmp_path):
+    import nibabel as nib
+
+    from partialseg.engines.nnunet.predict import model_folder, predict_run
+
+    run = ipnp_run["run"]
+    folder, _ = model_folder(run)
+    assert folder == ipnp_run["fold"].parent  # nnunet.json names the last finished round
+    image = sorted((ipnp_run["dataset"] / "imagesTr").iterdir())[0]
+    [out] = predict_run(run, image, tmp_path / "pred", device="cpu", progress=False)
+    pred, img = nib.load(str(out)), nib.load(str(image))
+    assert pred.shape == img.shape and np.allclose(pred.affine, img.affine)
