@@ -11,7 +11,7 @@ plain RSS also counts the memory-mapped pages of every case read so far, which t
 round makes a label map (int16) and, for each accepted organ, a boolean mask; a round that keeps them
 in RAM grows by about ``voxels × (2 + organs)`` bytes per case, a streamed one not at all.
 
-    python benchmarks/ipnp_memory.py --cases 6 12 --shape 128 120 104 --spacing 3 2.75 3.5 [--src /tmp/old/src]
+    python benchmarks/ipnp_memory.py --cases 6 12 --shape 128 120 104 --spacing 3 2.75 3.5 [--method ipnp_gated] [--src /tmp/old/src]
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=3, default=[128, 120, 104])
     ap.add_argument("--spacing", type=float, nargs=3, default=[3.0, 2.75, 3.5])
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--method", default="ipnp", help="ipnp (the paper's) or ipnp_gated (the organ gate: its pass "
+                    "over every case makes the pseudo-labels too)")
     ap.add_argument("--src", type=Path, help="another checkout's src folder, run as the reference")
     ap.add_argument("--workdir", type=Path, help="keep the data and runs here (default: a temporary folder)")
     args = ap.parse_args()
@@ -64,7 +66,7 @@ def main() -> None:
                      work / f"simulate_{n}.log")
             for name, src in srcs.items():
                 run = work / f"run_{n}_{name.replace(' ', '_')}"
-                cmd = [*cli, "-q", "train", str(partial), "--out", str(run), "--method", "ipnp",
+                cmd = [*cli, "-q", "train", str(partial), "--out", str(run), "--method", args.method,
                        *[x for s in sets for x in ("--set", s)]]
                 if run.exists():  # a finished run would resume to nothing: measure from a fresh folder
                     shutil.rmtree(run)
@@ -73,7 +75,7 @@ def main() -> None:
                 print(f"{name}: {n} cases, peak RSS {rss:.0f} MB (anonymous {anon:.0f} MB), {secs:.0f} s", flush=True)
     voxels = args.shape[0] * args.shape[1] * args.shape[2]
     print(f"\n{len(args.cases)} case counts, phantoms {'×'.join(map(str, args.shape))} at {args.spacing} mm "
-          f"({voxels / 1e6:.2f} M voxels), {args.rounds} round(s), one process each\n")
+          f"({voxels / 1e6:.2f} M voxels), {args.method}, {args.rounds} round(s), one process each\n")
     print("| code | cases | peak RSS (MB) | per extra case | peak anonymous RSS (MB) | per extra case | seconds |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in srcs:

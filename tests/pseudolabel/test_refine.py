@@ -73,3 +73,17 @@ def test_assemble_never_overwrites_annotations_and_resolves_overlaps():
     out = assemble(label, {2: m2, 3: m3}, p)
     assert out[:, 0, 0].tolist() == [1, 2, 3, 3]
     assert label[:, 0, 0].tolist() == [1, 0, 0, 0]  # input untouched
+
+
+def test_a_class_that_loses_every_voxel_in_the_overlap_is_not_pseudo_labelled():
+    from partialseg.pseudolabel.refine import pseudo_labelled
+
+    label = np.zeros((4, 1, 1), np.int16)
+    m2 = np.array([True, True, True, False]).reshape(4, 1, 1)
+    m3 = np.array([False, True, True, False]).reshape(4, 1, 1)  # inside m2, where class 2 is more probable
+    p = np.zeros((4, 4, 1, 1), np.float32)
+    p[2], p[3] = 0.7, 0.2
+    out = assemble(label, {2: m2, 3: m3}, p)
+    assert out[:, 0, 0].tolist() == [2, 2, 2, 0]
+    assert pseudo_labelled(out, {2: m2, 3: m3}) == {2}
+    assert pseudo_labelled(out, {2: m2, 3: np.zeros_like(m3)}) == {2}

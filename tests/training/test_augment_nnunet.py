@@ -166,7 +166,8 @@ def test_the_full_benchmark_preset_uses_nnunets_augmentation():
 
     assert load_config(None, list(PRESETS["full"].overrides)).augment.preset == "nnunet"
     assert load_config(None, list(PRESETS["quick"].overrides)).augment.preset == "light"
-    assert np.isclose(load_config(None, list(PRESETS["full"].overrides)).augment.p_mirror_lr, 0.5)
+    # not nnU-Net's mirroring: a mirrored abdomen is situs inversus even with the left/right labels swapped
+    assert load_config(None, list(PRESETS["full"].overrides)).augment.p_mirror_lr == 0.0
 
 
 def test_a_resumed_training_repeats_the_augmented_batches(tmp_path, small_space):

@@ -51,7 +51,7 @@ from partialseg.pseudolabel.candidates import (
     select_pseudo_labels,
 )
 from partialseg.pseudolabel.quality import decisions_rounds, pseudo_label_quality, write_quality
-from partialseg.pseudolabel.refine import assemble
+from partialseg.pseudolabel.refine import assemble, pseudo_labelled
 from partialseg.pseudolabel.store import has_pseudo, load_pseudo, load_pseudo_extra, save_pseudo
 
 # the round's pieces, importable from here as before
@@ -368,7 +368,7 @@ def _pseudo_label(base: Any, pseudo_dir: Path, cand_dir: Path, case_probs: Any, 
     masks, more, ent = select_pseudo_labels(cands, chosen, round_index=r, opts=opts, previous=previous, classes=wanted)
     decisions.update(more)
     label = assemble(np.asarray(base.label), masks, {k: cands.probability_of(k) for k in masks})
-    pseudo = frozenset(k for k, m in masks.items() if m.any())
+    pseudo = pseudo_labelled(label, masks)
     quality = None
     if base.reference is not None:
         quality = _quality_rows(base, label, pseudo, {k: cands.specialist[k] for k in pseudo}, space, r)

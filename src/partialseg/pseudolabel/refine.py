@@ -84,3 +84,10 @@ def assemble(
     anywhere = stack.any(0) & (label == 0)
     out[anywhere] = np.asarray(classes, dtype=out.dtype)[best[anywhere]]
     return out
+
+
+def pseudo_labelled(assembled: np.ndarray, masks: dict[int, np.ndarray]) -> frozenset[int]:
+    """P of a case: the classes of ``masks`` that kept voxels in the map :func:`assemble` made. A class whose every
+    voxel went to a more probable overlapping class is none (listed in P, it would teach that the organ is
+    absent from the case)."""
+    return frozenset(k for k in masks if bool((assembled == k).any()))
