@@ -20,6 +20,7 @@ import torch
 from partialseg import losses as L
 from partialseg.engines.nnunet import trainer_name
 from partialseg.engines.nnunet.paths import PATH_VARIABLES
+from partialseg.errors import InputError
 from partialseg.losses import tct as T
 from tests.engines import test_nnunet as base
 from tests.engines.test_nnunet import CONFIG, DATASET_ID, _phi, _trainer, needs_nnunet
@@ -27,6 +28,24 @@ from tests.engines.test_nnunet import CONFIG, DATASET_ID, _phi, _trainer, needs_
 # the tiny planned dataset of test_nnunet.py (module-scoped there, so built once more for this module)
 prepared, nnunet_env = base.prepared, base.nnunet_env
 TCT = trainer_name("tct")
+
+
+def test_predict_on_an_nnunet_run_without_nnunetv2_says_how_to_install_it(tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from partialseg.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "nnunet.json").write_text(json.dumps({"engine": "nnunet", "method": "tct", "trainer": TCT,
+                                                 "nnunet_dataset": "Dataset001_x", "settings": {}}))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nnunetv2" else real(name, *a))
+    r = CliRunner().invoke(app, ["predict", str(run), str(tmp_path), str(tmp_path / "out")])
+    assert r.exit_code == 2 and "--engine nnunet" in r.output and "requirements-nnunet.txt" in r.output, r.output
+    assert not (tmp_path / "out").exists()
 
 
 def _batch(prepared, seed: int = 0):
@@ -67,7 +86,7 @@ def test_tct_trainer_loss_is_partialseg_tct_loss(prepared):
     assert 0 < w < 1
     want = (T.uncertainty_weighted([l_main, T.aux_dice_loss(aux, y[0], phi)], net.extras.log_vars)
             + w * T.consistency_loss(outputs[0], aux, phi, threshold="median", absent="drop"))
-    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
     logs = t.loss.last_logs
     assert 0 < logs["con_kept"] < 1 and logs["l_con"] > 0  # the filter kept some terms and dropped others
     got.backward()
@@ -75,7 +94,7 @@ def test_tct_trainer_loss_is_partialseg_tct_loss(prepared):
     assert outputs[2].grad is None  # nnU-Net's lowest scale has weight 0
     # Phi matters: the same tensors as if fully annotated give another loss
     t.loss.annotated = torch.ones_like(phi)
-    assert float(t.loss(outputs, targets)) != pytest.approx(float(got), rel=1e-3)
+    assert t.loss(outputs, targets).item() != pytest.approx(got.item(), rel=1e-3)
 
 
 @pytest.mark.usefixtures("nnunet_env")
@@ -273,3 +292,25 @@ def test_entry_point_trains_tct_and_runs_nnunets_final_validation_without_the_he
     assert set(summary["metric_per_case"][0]["metrics"]) == {str(c) for c in range(1, 16)}
     # 2 training + 1 online-validation passes with the heads, then the final sliding window without them
     assert calls[:3] == [True] * 3 and len(calls) > 3 and not any(calls[3:])
+
+
+@pytest.mark.usefixtures("nnunet_env")
+@needs_nnunet
+def test_predictor_for_a_partialseg_trainer_name_rebuilds_its_network(prepared, tmp_path):
+    from partialseg.engines.nnunet.predict import load_predictor
+    from partialseg.engines.nnunet.run import train
+    from partialseg.engines.nnunet.trainers import BackgroundLogit
+
+    t = train(DATASET_ID, CONFIG, 0, "sigmoid", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+              num_val_iterations_per_epoch=1, validate=False)
+    fold = Path(t.output_folder)
+    # the sigmoid trainer's network (N logits behind a constant background logit) is not nnUNetTrainer's
+    predictor = load_predictor(fold.parent, 0)
+    assert isinstance(predictor.network, BackgroundLogit) and predictor.trainer_name == trainer_name("sigmoid")
+    case = prepared["cases"][0]
+    (tmp_path / "pred").mkdir()
+    predictor.predict_from_files_sequential([[str(prepared["dataset"] / "imagesTr" / f"{case}_0000.nii.gz")]],
+                                            [str(tmp_path / "pred" / case)], save_probabilities=False)
+    assert (tmp_path / "pred" / f"{case}.nii.gz").is_file()
+    with pytest.raises(InputError, match="no trained nnU-Net checkpoint"):
+        load_predictor(fold.parent, 0, checkpoint="checkpoint_best_missing.pth")
