@@ -286,7 +286,7 @@ def test_a_round_killed_after_the_gate_resumes_without_another_pass(tmp_path, sm
     import sys
 
     from partialseg.inference import sliding_window
-    from partialseg.pseudolabel import loop
+    from partialseg.pseudolabel import round as ipnp_round
 
     ds = write_block_dataset(tmp_path / "blocks", small_space, n_cases=3, annotated={"case_000": ["liver"]})
     run = tmp_path / "run"
@@ -296,7 +296,7 @@ def test_a_round_killed_after_the_gate_resumes_without_another_pass(tmp_path, sm
               "method.options.rounds=1", "method.options.tau=0.0", "method.options.padding=1", "method.options.dilation=2"]:
         args += ["--set", s]
     passes = []
-    real_window, real_pseudo = sliding_window.sliding_window_probabilities, loop._pseudo_label
+    real_window, real_pseudo = sliding_window.sliding_window_probabilities, ipnp_round._pseudo_label
 
     def counting_window(*a, **kw):
         passes.append(Path(sys._getframe(1).f_code.co_filename).name)
@@ -306,13 +306,13 @@ def test_a_round_killed_after_the_gate_resumes_without_another_pass(tmp_path, sm
         raise KeyboardInterrupt  # as if the process died after the gate, before the first pseudo-label
 
     monkeypatch.setattr(sliding_window, "sliding_window_probabilities", counting_window)
-    monkeypatch.setattr(loop, "_pseudo_label", killed)
+    monkeypatch.setattr(ipnp_round, "_pseudo_label", killed)
     r = CliRunner().invoke(app, args)
     assert r.exit_code != 0, r.output
     cand = run / "pseudo" / "round_1" / "candidates"
     assert sorted(p.name for p in cand.iterdir()) == [f"case_{i:03d}.npz" for i in range(3)]
     assert (run / "pseudo" / "round_1" / "sources.json").exists() and passes.count("loop.py") == 3
-    monkeypatch.setattr(loop, "_pseudo_label", real_pseudo)
+    monkeypatch.setattr(ipnp_round, "_pseudo_label", real_pseudo)
     passes.clear()
     r = CliRunner().invoke(app, ["train", str(ds), "--out", str(run), "--resume"])
     assert r.exit_code == 0, r.output

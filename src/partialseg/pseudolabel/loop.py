@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +37,15 @@ from partialseg.config import EXECUTION_KEYS, ExperimentConfig
 from partialseg.errors import InputError
 from partialseg.io import write_json_atomic
 from partialseg.methods.resolve import config_differences
-from partialseg.pseudolabel.candidates import (
-    SOURCES,
-    candidate_masks,
-    case_candidates,
-    gate_case,
-    load_candidates,
-    load_evidence,
-    pseudo_label_case,
-    round_sources,
-    save_candidates,
-    select_pseudo_labels,
-)
+from partialseg.pseudolabel.candidates import SOURCES, candidate_masks, case_candidates, gate_case, pseudo_label_case
 from partialseg.pseudolabel.quality import decisions_rounds, pseudo_label_quality, write_quality
-from partialseg.pseudolabel.refine import assemble, pseudo_labelled
-from partialseg.pseudolabel.store import has_pseudo, load_pseudo, load_pseudo_extra, save_pseudo
+from partialseg.pseudolabel.round import RoundCase, choose_sources, previous_pseudo, pseudo_label_round, round_quality_rows
+from partialseg.pseudolabel.store import load_pseudo
 
 # the round's pieces, importable from here as before
 __all__ = ["SOURCES", "HounsfieldView", "adopt_specialist", "candidate_masks", "case_candidates", "choose_sources",
            "decisions_rounds", "gate_case", "hounsfield", "previous_pseudo", "pseudo_label_case", "pseudo_label_quality",
-           "run_ipnp", "select_pseudo_labels"]
+           "run_ipnp"]
 
 log = logging.getLogger("partialseg.ipnp")
 
@@ -95,24 +83,6 @@ class HounsfieldView:
         return out if dtype is None else out.astype(dtype)
 
 
-def choose_sources(evidence: list[dict[int, dict[str, float]]], num_classes: int, min_dsc: float) -> dict[int, dict[str, Any]]:
-    """Per organ: the source whose candidates agree best with the annotations (mean DSC over the
-    cases that annotate the organ), or None when even the best stays below ``min_dsc``. An organ
-    that no case annotates keeps the paper's generalist (no evidence either way)."""
-    out: dict[int, dict[str, Any]] = {}
-    for k in range(1, num_classes):
-        vals = {src: [e[k][src] for e in evidence if k in e] for src in SOURCES}
-        n = len(vals["generalist"])
-        if n == 0:
-            out[k] = {"source": "generalist", "n": 0}
-            continue
-        means = {src: float(np.mean(v)) for src, v in vals.items()}
-        best = max(SOURCES, key=lambda s: means[s])
-        out[k] = {"source": best if means[best] >= min_dsc else None, "n": n,
-                  **{f"dsc_{s}": means[s] for s in SOURCES}}
-    return out
-
-
 def _round_cfg(cfg: ExperimentConfig, opts: Any, r: int) -> ExperimentConfig:
     import copy
 
@@ -143,7 +113,6 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     from partialseg.inference.predict import Predictor
     from partialseg.inference.sliding_window import sliding_window_probabilities
     from partialseg.preprocessing import PreparedDataset, class_locations
-    from partialseg.progress import progress as progress_bar
     from partialseg.training.stages import open_stage_run
     from partialseg.training.trainer import TrainCase, load_train_cases, train
 
@@ -186,33 +155,22 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
             ).numpy()
 
         train_cases = load_train_cases(prepared, all_ids)
-        cand_dir = pseudo_dir / "candidates"
-        sources: dict[int, str | None] = {}
-        if opts.pseudo_source == "auto":
-            sources = _organ_gate(pseudo_dir, cand_dir, train_cases, case_probs, prepared, generalist, opts, space,
-                                  run / "pseudo" / f"round_{r - 1}", progress)
-        decisions_all: dict[str, dict[str, Any]] = {}
+        round_cases = [_round_case(base, case_probs, prepared) for base in train_cases]
+        if opts.pseudo_source != "none":  # the step control: no prediction, no pseudo-label
+            pseudo_label_round(round_cases, run, r, generalist, opts, space, progress=progress)
         cases: list[TrainCase] = []
-        for base in progress_bar(train_cases, desc=f"ipnp round {r}: pseudo-labels", unit="case", enabled=progress):
-            if opts.pseudo_source == "none":  # the step control: no prediction, no pseudo-label
+        for base in train_cases:
+            if opts.pseudo_source == "none":
                 label, pseudo = base.label, frozenset()
-                decisions_all[base.case_id] = {}
             else:
-                if not has_pseudo(pseudo_dir, base.case_id):
-                    _pseudo_label(base, pseudo_dir, cand_dir, case_probs, prepared, generalist, opts, space, sources,
-                                  r, run / "pseudo" / f"round_{r - 1}")
                 label, pseudo, _ = load_pseudo(pseudo_dir, base.case_id)
-                extra = load_pseudo_extra(pseudo_dir, base.case_id)
-                decisions_all[base.case_id] = extra.get("decisions", {})
-                quality = extra.get("quality")
-                if quality is None and base.reference is not None and pseudo:  # a folder from before stored quality
-                    quality = _quality_rows(base, label, pseudo, case_probs(base).argmax(0), space, r)
-                quality_rows.extend(quality or [])
             locs = dict(base.class_locations)
             locs.update(class_locations(label, pseudo, seed=r))
             cases.append(TrainCase(base.case_id, base.image, label, base.annotated, locs, base.reference, pseudo, base.pad_value))
-        write_json_atomic(decisions_all, pseudo_dir / "decisions.json")
-        shutil.rmtree(cand_dir, ignore_errors=True)  # every case has its pseudo-label now
+        if opts.pseudo_source == "none":
+            write_json_atomic({base.case_id: {} for base in train_cases}, pseudo_dir / "decisions.json")
+        else:
+            quality_rows.extend(round_quality_rows(round_cases, run, r, space))
         write_quality(run, quality_rows, decisions_rounds(run, opts.rounds), space)
         if not (rdir / ckpt.MODEL_FILE).exists():
             init = None
@@ -227,15 +185,6 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
         shutil.copyfile(last, tmp)
         tmp.replace(final)
     return final
-
-
-def previous_pseudo(folder: Path, case_id: str) -> dict[int, tuple[np.ndarray, float]]:
-    """The entropy rule's memory of one case: class → (mask, mean entropy) of the pseudo-labels the last
-    round kept (read from its file; none in round 1 or for the step control)."""
-    if not has_pseudo(folder, case_id):
-        return {}
-    label, pseudo, ent = load_pseudo(folder, case_id)
-    return {k: (np.asarray(label == k), e) for k, e in ent.items() if k in pseudo}
 
 
 def _train_boxnet(out: Path, r0: Path, prepared: Any, cfg: ExperimentConfig, opts: Any, progress: bool) -> Path:
@@ -310,79 +259,13 @@ def adopt_specialist(source: Path, r0: Path, cfg: ExperimentConfig, dataset: str
     log.info("round 0: adopted the specialist of %s", source)
 
 
-def _organ_gate(pseudo_dir: Path, cand_dir: Path, train_cases: list, case_probs: Any, prepared: Any, generalist: Any,
-                opts: Any, space: Any, previous_dir: Path, progress: bool) -> dict[int, str | None]:
-    """``pseudo_source="auto"``: choose each organ's source on the cases that annotate it.
+def _round_case(base: Any, case_probs: Any, prepared: Any) -> RoundCase:
+    """A prepared training case as the round reads it (memory-mapped; the specialist's pass on demand)."""
+    def arrays() -> tuple[np.ndarray, np.ndarray | None]:
+        return np.asarray(base.label), None if base.reference is None else np.asarray(base.reference)
 
-    The evidence is optimistic (the specialist was trained on these very annotations, and so was a
-    ``boxnet`` generalist; the weight-free ones were not, which favours the trained sources), so it
-    ranks the sources and rejects organs that fail even there; it does not estimate the pseudo-labels' DSC.
-    The pass that gathers it also keeps each case's candidates from both sources (``cand_dir``), so the
-    pseudo-labels need no second pass. Saved to ``sources.json`` (a resumed round reuses it, and a killed
-    gate pass resumes from the cases whose candidates it saved).
-    """
-    from partialseg.progress import progress as progress_bar
+    def specialist() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        return (case_probs(base), hounsfield(base.image, prepared.config, prepared.stats),
+                prepared.case(base.case_id).meta.spacing)
 
-    f = pseudo_dir / "sources.json"
-    if not f.exists():
-        evidence = []
-        num_classes = len(space.names) + 1
-        for base in progress_bar(train_cases, desc="ipnp organ gate", unit="case", enabled=progress):
-            ev = load_evidence(cand_dir, base.case_id)
-            if ev is None:
-                unannotated = {k: SOURCES for k in range(1, num_classes) if k not in base.annotated}
-                cands = _case_pass(base, case_probs, prepared, generalist, opts, unannotated, previous_dir, gate=True)
-                save_candidates(cand_dir, base.case_id, cands)
-                ev = cands.evidence
-                del cands
-            evidence.append(ev)
-        chosen = choose_sources(evidence, num_classes, opts.min_organ_dsc)
-        write_json_atomic({space.name(k): v for k, v in chosen.items()}, f)
-    saved = json.loads(f.read_text())
-    out = {space.index(name): v["source"] for name, v in saved.items()}
-    log.info("ipnp organ sources: %s", {name: v["source"] for name, v in saved.items()})
-    return out
-
-
-def _case_pass(base: Any, case_probs: Any, prepared: Any, generalist: Any, opts: Any, wanted: dict[int, Any],
-               previous_dir: Path, *, gate: bool) -> Any:
-    """One case's sliding window and its candidates (the case's probabilities and HU freed on return)."""
-    probs = case_probs(base)
-    hu = hounsfield(base.image, prepared.config, prepared.stats)
-    spacing = prepared.case(base.case_id).meta.spacing
-    return case_candidates(probs, np.asarray(base.label), base.annotated, hu, spacing, generalist, opts, wanted=wanted,
-                           gate=gate, specialist_masks=base.reference is not None,
-                           previous=previous_pseudo(previous_dir, base.case_id))
-
-
-def _pseudo_label(base: Any, pseudo_dir: Path, cand_dir: Path, case_probs: Any, prepared: Any, generalist: Any, opts: Any,
-                  space: Any, sources: dict[int, str | None], r: int, previous_dir: Path) -> None:
-    """One case's pseudo-full label of round ``r``, from the gate pass's candidates or from its own pass;
-    written with its decisions and quality rows (so a resumed round needs neither again)."""
-    chosen, decisions = round_sources(len(space.names) + 1, base.annotated, opts, sources)
-    wanted = {k: (s,) for k, s in chosen.items() if s is not None}
-    cands = load_candidates(cand_dir, base.case_id)
-    if cands is None:
-        cands = _case_pass(base, case_probs, prepared, generalist, opts, wanted, previous_dir, gate=False)
-    previous = previous_pseudo(previous_dir, base.case_id)
-    masks, more, ent = select_pseudo_labels(cands, chosen, round_index=r, opts=opts, previous=previous, classes=wanted)
-    decisions.update(more)
-    label = assemble(np.asarray(base.label), masks, {k: cands.probability_of(k) for k in masks})
-    pseudo = pseudo_labelled(label, masks)
-    quality = None
-    if base.reference is not None:
-        quality = _quality_rows(base, label, pseudo, {k: cands.specialist[k] for k in pseudo}, space, r)
-    save_pseudo(pseudo_dir, base.case_id, label, pseudo, ent,
-                extra={"decisions": {space.name(k): asdict(d) for k, d in sorted(decisions.items())}, "quality": quality})
-
-
-def _quality_rows(base: Any, label: np.ndarray, pseudo: frozenset[int], specialist: Any, space: Any, r: int) -> list[dict[str, Any]]:
-    """``pseudo_label_quality`` of each pseudo-labelled organ; ``specialist``: the argmax (X, Y, Z), or
-    class → its ``argmax == k`` crop."""
-    ref = np.asarray(base.reference)
-    rows = []
-    for k in sorted(pseudo):
-        spec = specialist == k if isinstance(specialist, np.ndarray) else specialist[k].full()
-        rows.append({"round": r, "case": base.case_id, "organ": space.name(k),
-                     **pseudo_label_quality(np.asarray(label) == k, spec, ref == k)})
-    return rows
+    return RoundCase(base.case_id, base.annotated, arrays, specialist)
