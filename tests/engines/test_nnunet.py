@@ -283,6 +283,16 @@ def test_entry_point_trains_and_runs_nnunets_final_validation(prepared, monkeypa
     assert (fold / "checkpoint_final.pth").is_file()
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["metric_per_case"][0]["metrics"]) == {str(c) for c in range(1, 16)}
+    # scored on the validation case's annotated classes only; nnU-Net's all-class summary kept beside it
+    val_phi = _phi(prepared["dataset_json"], prepared["cases"][3:])[0]
+    case = summary["metric_per_case"][0]
+    assert case["annotated"] == [c for c in range(1, 16) if val_phi[c]]
+    assert all(math.isnan(case["metrics"][str(c)]["Dice"]) for c in range(1, 16) if not val_phi[c])
+    raw = json.loads((fold / "validation" / "summary_all_classes.json").read_text())
+    assert "annotated" not in raw["metric_per_case"][0] and len(raw["metric_per_case"][0]["metrics"]) == 15
+    # no mirroring in training or in the predictor's test-time augmentation (left/right organs)
+    saved = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert saved["inference_allowed_mirroring_axes"] is None
     with pytest.raises(SystemExit, match="unknown partialseg nnU-Net trainer"):
         main([str(DATASET_ID), CONFIG, "0", "-tr", "nnUNetTrainer", "-device", "cpu"])
 

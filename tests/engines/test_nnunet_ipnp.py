@@ -275,3 +275,27 @@ def test_predict_uses_the_last_rounds_model(ipnp_run, tmp_path):
     [out] = predict_run(run, image, tmp_path / "pred", device="cpu", progress=False)
     pred, img = nib.load(str(out)), nib.load(str(image))
     assert pred.shape == img.shape and np.allclose(pred.affine, img.affine)
+
+
+def test_gated_ipnp_predicts_each_case_once_per_round(ipnp_run, tmp_path, monkeypatch):
+    from partialseg.data.dataset import PartialDataset
+    from partialseg.engines.nnunet import pseudo
+    from partialseg.engines.nnunet.ipnp import train_ipnp_run
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    real, calls = pseudo.NnunetSpecialist.probabilities, []
+
+    def counting(self, image):
+        calls.append(1)
+        return real(self, image)
+
+    monkeypatch.setattr(pseudo.NnunetSpecialist, "probabilities", counting)
+    run = tmp_path / "gated"
+    train_ipnp_run(ipnp_run["dataset"], run, "ipnp_gated", SMALL, edit_plans=_tiny_plan)
+    n = len(PartialDataset.load(ipnp_run["dataset"]).cases)
+    # the organ gate's pass also made the pseudo-labels: one prediction per case, not two
+    assert len(calls) == n
+    sources = json.loads((run / "pseudo" / "round_1" / "sources.json").read_text())
+    assert all(v["source"] in ("generalist", "specialist", None) for v in sources.values())
+    assert not (run / "pseudo" / "round_1" / "candidates").exists()
+    assert len(json.loads((run / "pseudo" / "round_1" / "decisions.json").read_text())) == n

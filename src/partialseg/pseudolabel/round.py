@@ -196,12 +196,13 @@ def round_quality_rows(cases: Sequence[RoundCase], run: Path, r: int, space: Any
     for case in cases:
         if not has_pseudo(pseudo_dir, case.case_id):
             continue
-        quality = load_pseudo_extra(pseudo_dir, case.case_id).get("quality")
-        if quality is None:
+        extra = load_pseudo_extra(pseudo_dir, case.case_id)
+        quality = extra.get("quality")
+        if "quality" not in extra:  # None: saved without a reference; absent: a folder from before
             label, pseudo, _ = load_pseudo(pseudo_dir, case.case_id)
             _, ref = case.arrays()
             if ref is None or not pseudo:
                 continue
             quality = _quality_rows(case.case_id, label, ref, pseudo, case.specialist()[0].argmax(0), space, r)
-        rows.extend(quality)
+        rows.extend(quality or [])
     return rows

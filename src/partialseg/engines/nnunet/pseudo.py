@@ -119,38 +119,33 @@ def _train_boxnet(out: Path, ds: PartialDataset, paths: dict[str, Path], setting
     return done or train_boxnet(cases, out, spacings[0], cfg, device=settings["device"], progress=progress)
 
 
-def _organ_sources(pdir: Path, ds: PartialDataset, specialist: Any, generalist: Any, opts: Any) -> dict[int, str | None]:
-    """``pseudo_source="auto"``: partialseg's organ gate (``gate_case`` per case, ``choose_sources``), saved to
-    ``sources.json`` so that a resumed round reuses it."""
-    from partialseg.pseudolabel.loop import choose_sources, gate_case
+def _round_case(case: Case, ds: PartialDataset, specialist: Any) -> Any:
+    """A raw case as partialseg's round reads it (RAS, read on demand: a gate pass and a pseudo-label from saved
+    candidates read the files again rather than hold any case between the two)."""
+    from partialseg.pseudolabel.round import RoundCase
 
-    f = pdir / "sources.json"
-    space = ds.label_space
-    if not f.is_file():
-        evidence = []
-        for case in ds.cases:
-            image, hu, label, spacing, _ = _ras_case(case, ds)
-            evidence.append(gate_case(specialist().probabilities(image), label, case.annotated, hu, spacing, generalist, opts))
-        chosen = choose_sources(evidence, space.num_channels, opts.min_organ_dsc)
-        write_json_atomic({space.name(k): v for k, v in chosen.items()}, f)
-    return {space.index(n): v["source"] for n, v in json.loads(f.read_text()).items()}
+    def arrays() -> tuple[np.ndarray, np.ndarray | None]:
+        _, _, label, _, ref = _ras_case(case, ds)
+        return label, ref
+
+    def predict() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+        image, hu, _, spacing, _ = _ras_case(case, ds)
+        return specialist().probabilities(image), hu, spacing
+
+    return RoundCase(case.case_id, case.annotated, arrays, predict)
 
 
 def pseudo_label_round(ds: PartialDataset, run: Path, r: int, checkpoint: Path, generalist: Any, opts: Any,
                        settings: dict[str, Any], ipnp_settings: dict[str, Any], progress: bool) -> Path:
     """Round ``r``'s pseudo-full label map of every case into ``RUN/pseudo/round_<r>/`` (cases already there are
-    kept), its ``decisions.json`` and the run's quality table; returns the folder."""
-    from dataclasses import asdict
-
-    from partialseg.progress import progress as progress_bar
-    from partialseg.pseudolabel.loop import previous_pseudo, pseudo_label_case, pseudo_label_quality
+    kept; :func:`partialseg.pseudolabel.round.pseudo_label_round`: one prediction per case, the organ gate's
+    pass included), its ``decisions.json`` and the run's quality table; returns the folder."""
+    from partialseg.pseudolabel import round as ipnp_round
     from partialseg.pseudolabel.quality import decisions_rounds, write_quality
-    from partialseg.pseudolabel.refine import assemble
-    from partialseg.pseudolabel.store import has_pseudo, load_pseudo_extra, save_pseudo
+    from partialseg.pseudolabel.store import has_pseudo, save_pseudo
 
     pdir = run / "pseudo" / f"round_{r}"
     pdir.mkdir(parents=True, exist_ok=True)
-    prev_dir = run / "pseudo" / f"round_{r - 1}"
     space = ds.label_space
     loaded: list[NnunetSpecialist] = []
 
@@ -160,34 +155,14 @@ def pseudo_label_round(ds: PartialDataset, run: Path, r: int, checkpoint: Path, 
                                            overlap=float(ipnp_settings["overlap"])))
         return loaded[0]
 
-    sources = _organ_sources(pdir, ds, specialist, generalist, opts) if opts.pseudo_source == "auto" else {}
-    for case in progress_bar(ds.cases, desc=f"ipnp round {r}: pseudo-labels", unit="case", enabled=progress):
-        if has_pseudo(pdir, case.case_id):
-            continue
-        image, hu, label, spacing, ref = _ras_case(case, ds)
-        if opts.pseudo_source == "none":  # the step control: IPnP's schedule, no pseudo-label
-            save_pseudo(pdir, case.case_id, label, frozenset(), extra={"decisions": {}, "quality": None})
-            continue
-        probs = specialist().probabilities(image)
-        masks, decisions, ent = pseudo_label_case(probs, label, case.annotated, hu, spacing, generalist, opts,
-                                                  round_index=r, previous=previous_pseudo(prev_dir, case.case_id),
-                                                  sources=sources)
-        full = assemble(label, masks, probs)
-        # from the assembled map: a class whose every voxel went to a more probable overlapping pseudo-label is
-        # not in P (in P it would be taught as absent from the case)
-        pseudo = frozenset(k for k in masks if (full == k).any())
-        quality = None
-        if ref is not None:
-            argmax = probs.argmax(0)
-            quality = [{"round": r, "case": case.case_id, "organ": space.name(k),
-                        **pseudo_label_quality(full == k, argmax == k, ref == k)} for k in sorted(pseudo)]
-        del probs, hu
-        save_pseudo(pdir, case.case_id, full, pseudo, ent,
-                    extra={"decisions": {space.name(k): asdict(d) for k, d in sorted(decisions.items())}, "quality": quality})
-    extras = {c.case_id: load_pseudo_extra(pdir, c.case_id) for c in ds.cases}
-    write_json_atomic({cid: e.get("decisions", {}) for cid, e in extras.items()}, pdir / "decisions.json")
-    rounds = opts.rounds
-    rows = [row for q in range(1, rounds + 1) for c in ds.cases
-            for row in (load_pseudo_extra(run / "pseudo" / f"round_{q}", c.case_id).get("quality") or [])]
-    write_quality(run, rows, decisions_rounds(run, rounds), space)
+    cases = [_round_case(c, ds, specialist) for c in ds.cases]
+    if opts.pseudo_source == "none":  # the step control: IPnP's schedule, no pseudo-label (the round's dataset needs files)
+        for case in cases:
+            if not has_pseudo(pdir, case.case_id):
+                save_pseudo(pdir, case.case_id, case.arrays()[0], frozenset(), extra={"decisions": {}, "quality": None})
+        write_json_atomic({c.case_id: {} for c in cases}, pdir / "decisions.json")
+    else:
+        ipnp_round.pseudo_label_round(cases, run, r, generalist, opts, space, progress=progress)
+    rows = [row for q in range(1, opts.rounds + 1) for row in ipnp_round.round_quality_rows(cases, run, q, space)]
+    write_quality(run, rows, decisions_rounds(run, opts.rounds), space)
     return pdir

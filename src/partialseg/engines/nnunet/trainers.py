@@ -113,6 +113,31 @@ class nnUNetTrainer_partialseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
         self.partialseg_steps += 1
         return out
 
+    # ---- augmentation ----------------------------------------------------------------------------------
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:  # noqa: N802 (nnU-Net's name)
+        """nnU-Net's rotation and patch settings, without mirroring, in training and in its predictor's test-time
+        augmentation (as ``nnUNetTrainerNoMirroring``): nnU-Net mirrors every axis without swapping labels, so a
+        mirrored case would teach a left kidney on the right; partialseg mirrors only left-right with the
+        left/right labels swapped (methods.md), which nnU-Net's transforms cannot do."""
+        rotation, dummy_2d, initial_patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, None
+
+    # ---- final validation ------------------------------------------------------------------------------
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        """nnU-Net's final validation, then its summary scored on each case's annotated classes only
+        (:mod:`~partialseg.engines.nnunet.validation`; nnU-Net's all-class summary is kept beside it)."""
+        from pathlib import Path
+
+        from partialseg.engines.nnunet.validation import rewrite_validation_summary
+
+        super().perform_actual_validation(save_probabilities)
+        if self.local_rank == 0:
+            out = rewrite_validation_summary(Path(self.output_folder) / "validation", self.dataset_json)
+            if out is not None:
+                self.print_to_log_file("Mean Validation Dice over each case's annotated classes (partialseg): ",
+                                       out["foreground_mean"]["Dice"], also_print_to_console=True)
+
     # ---- online validation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict) -> dict:
         """nnU-Net's validation step with the partial loss and a pseudo-Dice over annotated (sample, class) pairs.
