@@ -12,7 +12,9 @@ peak memory of the whole process tree, workers included):
   ``--nnunet-python`` names a Python with nnunetv2 (its own environment, requirements-nnunet.txt);
 - training: ``partialseg train --method marginal`` for ``--steps`` steps with the planned patch and batch
   (s/step from the run's log, peak RSS; the end-of-training validation is on one case);
-- inference: ``partialseg predict`` of one case (s/case, peak RSS).
+- inference: ``partialseg predict`` of one case (s/case, peak RSS);
+- with ``--nnunet-python``, the same two with the nnU-Net engine (``partialseg train --engine nnunet --method
+  marginal``: nnU-Net's plan and network, our loss; ``partialseg predict`` of its run: nnU-Net's predictor).
 
 Ratios are partialseg / nnU-Net where both ran. Numbers on a shared or loaded machine compare only within
 one run of this script.
@@ -48,6 +50,17 @@ def _nnunet_raw(dataset: Path, raw: Path, dataset_id: int) -> str:
     keep = {k: meta[k] for k in ("channel_names", "labels", "numTraining", "file_ending")}
     (d / "dataset.json").write_text(json.dumps(keep, indent=1))
     return name
+
+
+def _nnunet_epoch_seconds(run: Path) -> float:
+    """The last 'Epoch time' nnU-Net's trainer logged in ``run`` (seconds)."""
+    import re
+
+    times = [float(m) for log in run.glob("nnUNet_results/*/*/fold_*/training_log_*.txt")
+             for m in re.findall(r"Epoch time: ([0-9.]+) s", log.read_text())]
+    if not times:
+        sys.exit(f"no epoch time in nnU-Net's training log under {run}")
+    return times[-1]
 
 
 def main() -> None:
@@ -124,6 +137,26 @@ def main() -> None:
         (one / first.name).symlink_to(first.resolve())
         shutil.rmtree(work / "pred", ignore_errors=True)
         measure("inference", "partialseg", [*cli, "predict", str(run), str(one), str(work / "pred")], "1 case")
+        if args.nnunet_python:
+            # the nnU-Net engine on the same cases: its own plan and network (3d_fullres), our marginal loss;
+            # the command plans and preprocesses again inside its run, so s/step comes from nnU-Net's epoch time
+            nnu_cli = [str(args.nnunet_python), "-m", "partialseg.cli", "-q"]
+            nrun = work / "run_nnunet"
+            shutil.rmtree(nrun, ignore_errors=True)
+            nsets = ["nnunet.epochs=1", f"nnunet.iterations={args.steps}", "nnunet.val_iterations=1", "nnunet.validate=false",
+                     f"nnunet.num_processes={args.workers}", "nnunet.device=cpu"]
+            measure("training", "nnU-Net v2", [*nnu_cli, "train", str(data), "--out", str(nrun), "--engine", "nnunet",
+                                                "--method", "marginal", *[x for s in nsets for x in ("--set", s)]],
+                    env=dict(os.environ, nnUNet_n_proc_DA=str(args.workers)))
+            epoch = _nnunet_epoch_seconds(nrun)
+            plans = json.loads(next((nrun / "nnUNet_preprocessed").glob("*/nnUNetPlans.json")).read_text())
+            c = plans["configurations"]["3d_fullres"]
+            rows[-1] = (*rows[-1][:3], (f"{epoch / (args.steps + 1):.1f} s/step ({args.steps} + 1 validation iterations, "
+                                        "from nnU-Net's epoch time; the command's time and memory include its planning and "
+                                        f"preprocessing), patch {c['patch_size']}, batch {c['batch_size']}, marginal trainer"))
+            shutil.rmtree(work / "pred_nnunet", ignore_errors=True)
+            measure("inference", "nnU-Net v2", [*nnu_cli, "predict", str(nrun), str(one), str(work / "pred_nnunet")],
+                    "1 case, nnU-Net's predictor (no mirroring), step 0.5")
 
     print(f"\n{n} cases of {'×'.join(map(str, args.shape))} at {args.spacing} mm, {os.cpu_count()} CPU threads\n")
     print("| stage | tool | seconds | peak RSS (MB) | peak anonymous (MB) | details |")

@@ -73,6 +73,19 @@ def load_volume(path: str | Path, *, dtype: Any = None, check_finite: bool = Tru
     return Volume(arr, header_affine(img, path), path)
 
 
+def nifti_inputs(path: str | Path) -> list[Path]:
+    """The images to predict: ``path`` itself (one file), or every ``*.nii.gz`` / ``*.nii`` in the folder, sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(path, "input folder does not exist")
+    files = sorted(p for p in path.iterdir() if p.name.endswith((".nii.gz", ".nii")))
+    if not files:
+        raise InputError(path, "no .nii.gz or .nii images found")
+    return files
+
+
 def header_affine(img: Any, path: str | Path) -> np.ndarray:
     """The voxel-to-world affine of a loaded NIfTI, refusing headers that do not define one.
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from partialseg import losses as L
+from tests.engines.test_nnunet import _tiny_plan
 
 HAS_NNUNET = importlib.util.find_spec("nnunetv2") is not None
 pytestmark = [pytest.mark.nnunet, pytest.mark.skipif(not HAS_NNUNET, reason="nnunetv2 not installed (requirements-nnunet.txt)")]
@@ -28,12 +29,6 @@ SMALL = ["nnunet.epochs=1", "nnunet.iterations=2", "nnunet.val_iterations=1", "n
          "method.options.generalist=random_walker"]
 
 
-def _tiny_plan(plans: dict) -> None:
-    c = plans["configurations"][CONFIG]
-    c["patch_size"], c["batch_size"] = [32, 32, 32], 2
-    c["architecture"]["arch_kwargs"].update(
-        n_stages=4, features_per_stage=[4, 8, 16, 16], kernel_sizes=[[3, 3, 3]] * 4,
-        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[1] * 4, n_conv_per_stage_decoder=[1] * 3)
 
 
 def _files(folder: Path) -> dict[Path, bytes]:

@@ -13,7 +13,7 @@ from torch import nn
 from partialseg import checkpoint as ckpt
 from partialseg.data.checks import warn_if_not_ct
 from partialseg.errors import InputError
-from partialseg.io import Volume, atomic_output_dir, load_volume, save_volume, write_json_atomic
+from partialseg.io import Volume, atomic_output_dir, load_volume, nifti_inputs, save_volume, write_json_atomic
 from partialseg.labels import LabelSpace
 from partialseg.methods.base import Method, get_method
 
@@ -152,14 +152,7 @@ def predict_folder(
     """Predict every ``*.nii.gz``/``*.nii`` in ``input_dir`` (or one file) into the new folder ``out_dir``
     (``postprocess``: with the run's postprocessing, see :meth:`Predictor.predict_volume`)."""
     input_dir = Path(input_dir)
-    if input_dir.is_file():
-        files = [input_dir]
-    elif input_dir.is_dir():
-        files = sorted(p for p in input_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")))
-    else:
-        raise InputError(input_dir, "input folder does not exist")
-    if not files:
-        raise InputError(input_dir, "no .nii.gz or .nii images found")
+    files = nifti_inputs(input_dir)
     predictor = Predictor.load(run, device=device, overlap=overlap, mirror=mirror)
     check_channels(files, predictor.in_channels)
     names = [output_name(f) for f in files]

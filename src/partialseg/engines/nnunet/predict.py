@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from partialseg.errors import InputError, PartialsegError
-from partialseg.io import atomic_output_dir, load_volume, read_json, save_volume, write_json_atomic
+from partialseg.io import atomic_output_dir, load_volume, nifti_inputs, read_json, save_volume, write_json_atomic
 
 __all__ = ["is_nnunet_run", "load_predictor", "model_folder", "predict_run"]
 
@@ -112,14 +112,7 @@ def predict_run(run: str | Path, input_dir: str | Path, out_dir: str | Path, *, 
     from partialseg.runtime import resolve_device
 
     input_dir = Path(input_dir)
-    if input_dir.is_file():
-        files = [input_dir]
-    elif input_dir.is_dir():
-        files = sorted(p for p in input_dir.iterdir() if p.name.endswith((".nii.gz", ".nii")))
-    else:
-        raise InputError(input_dir, "input folder does not exist")
-    if not files:
-        raise InputError(input_dir, "no .nii.gz or .nii images found")
+    files = nifti_inputs(input_dir)
     folder, record = model_folder(run)
     dataset_json = read_json(folder / "dataset.json")
     if len(dataset_json.get("channel_names", {"0": "CT"})) != 1:
