@@ -61,13 +61,37 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint or model file with ``weights_only=True``; anything else is an ``InputError``."""
+def _numpy_scalar_globals() -> list[Any]:
+    """What unpickling a numpy number (``np.float64(0.5)``) needs: numpy's scalar constructor and the numeric
+    dtypes. They rebuild a number from its bytes and run nothing else; object, void and string dtypes (which
+    could carry other objects) are left out."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    kinds = ("Bool", "Int", "UInt", "Byte", "UByte", "Short", "UShort", "Long", "ULong", "LongLong", "ULongLong",
+             "Float", "Double", "LongDouble", "Complex", "CLongDouble", "Half")
+    dtypes = [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", object)) if n.endswith("DType")
+              and n[:-5].rstrip("0123456789") in kinds]
+    return [scalar, np.dtype, *dtypes]
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", *, numpy_scalars: bool = False) -> dict[str, Any]:
+    """Read a checkpoint or model file with ``weights_only=True``; anything else is an ``InputError``.
+
+    ``numpy_scalars``: also accept numpy numbers (nnU-Net v2's checkpoints keep them in their logs and
+    ``_best_ema``; nnU-Net itself reads its files with ``weights_only=False``, which could run code)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "checkpoint does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        if numpy_scalars:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+        else:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(path, "refused: the file holds objects other than tensors and plain data, which could run "

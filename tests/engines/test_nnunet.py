@@ -362,3 +362,34 @@ def test_plain_nnunetv2_train_lookup_with_nnunet_exttrainer(monkeypatch):
 
     monkeypatch.setenv("nnUNet_extTrainer", str(EXT_TRAINER_DIR))
     assert recursive_find_trainer_class_by_name(trainer_name("marginal")) is nnUNetTrainer_partialseg_marginal
+
+
+@pytest.mark.usefixtures("nnunet_env")
+@needs_nnunet
+def test_crafted_nnunet_checkpoints_are_refused_without_running_them(prepared, tmp_path):
+    import shutil
+
+    from partialseg.engines.nnunet.predict import load_predictor
+    from partialseg.engines.nnunet.run import train
+    from tests.test_checkpoint import _Payload
+
+    t = train(DATASET_ID, CONFIG, 0, "marginal", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+              num_val_iterations_per_epoch=1, validate=False)
+    model = Path(t.output_folder).parent
+    evil = tmp_path / "evil"
+    shutil.copytree(model, evil)
+    marker = tmp_path / "pwned"
+    saved = torch.load(evil / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    torch.save({**saved, "logging": _Payload(marker)}, evil / "fold_0" / "checkpoint_final.pth")
+    # nnU-Net's own loading would run it (weights_only=False); ours refuses, naming the file
+    assert load_predictor(model, 0) is not None  # the genuine one (numpy numbers in its logs) loads
+    with pytest.raises(InputError, match="refused") as e:
+        load_predictor(evil, 0)
+    assert "checkpoint_final.pth" in str(e.value)
+    with pytest.raises(InputError, match="refused"):  # continue-training and --val go through load_checkpoint
+        _trainer("marginal").load_checkpoint(str(evil / "fold_0" / "checkpoint_final.pth"))
+    with pytest.raises(InputError, match="refused"):  # -pretrained_weights
+        train(DATASET_ID, CONFIG, 0, "marginal", device="cpu", num_epochs=1, num_iterations_per_epoch=1,
+              num_val_iterations_per_epoch=1, validate=False,
+              pretrained_weights=str(evil / "fold_0" / "checkpoint_final.pth"))
+    assert not marker.exists()

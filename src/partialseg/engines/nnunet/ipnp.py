@@ -96,13 +96,16 @@ def _fold_folder(paths: dict[str, Path], dataset: str, trainer: str, settings: d
 
 def _drop_broken_final(fold: Path) -> None:
     """A kill while nnU-Net wrote ``checkpoint_final.pth`` (not atomic) leaves a file ``--c`` would load first."""
-    import torch
+    from partialseg import checkpoint as ckpt
+    from partialseg.errors import InputError
 
     final = fold / "checkpoint_final.pth"
     if final.is_file() and (fold / "checkpoint_latest.pth").is_file():
         try:
-            torch.load(final, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - any unreadable file is a half-written one
+            ckpt.load(final, numpy_scalars=True)
+        except InputError as e:
+            if "refused" in str(e):  # readable but not plain data: not a half-written file, never loaded
+                raise
             final.unlink()
 
 

@@ -7,10 +7,12 @@ dropped) with the input's exact shape and affine, values ``0..N`` of the dataset
 on those values, so they need no mapping), and ``OUT/labels.json``, with which ``partialseg evaluate`` matches
 classes by name. The dataset's path variables are set inside RUN for the call (:mod:`.paths`).
 
-The network: for nnU-Net's own ``trainer_name`` (the TCT trainer exports ``nnUNetTrainer``, :mod:`.tct`)
-``nnUNetPredictor.initialize_from_trained_model_folder`` as ``nnUNetv2_predict`` does; for a partialseg trainer
-name the class is taken from :data:`~partialseg.engines.nnunet.trainers.TRAINERS` (nnU-Net's lookup would import
-its Primus trainers first, see run.py) and handed to ``nnUNetPredictor.manual_initialization``.
+The network: the checkpoint is read as plain data only (:func:`partialseg.checkpoint.load`; nnU-Net's
+``initialize_from_trained_model_folder`` reads it with ``weights_only=False``, which could run code), the
+network rebuilt as that function does and handed to ``nnUNetPredictor.manual_initialization``. Its trainer
+class: a partialseg one from :data:`~partialseg.engines.nnunet.trainers.TRAINERS` (nnU-Net's lookup would import
+its Primus trainers first, see run.py), ``nnUNetTrainer`` (what the TCT trainer exports, :mod:`.tct`) directly,
+any other by nnU-Net's search.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def load_predictor(folder: str | Path, fold: int | str, *, checkpoint: str = "ch
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from partialseg.engines.nnunet.trainers import TRAINERS
+    from partialseg import checkpoint as ckpt
 
     folder, device = Path(folder), torch.device(device)
     fold = fold if fold == "all" else int(fold)
@@ -69,11 +71,10 @@ def load_predictor(folder: str | Path, fold: int | str, *, checkpoint: str = "ch
     predictor = nnUNetPredictor(tile_step_size=1.0 - overlap, use_gaussian=True, use_mirroring=mirror,
                                 perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=progress)
-    checkpoint_data = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    # plain data only (nnU-Net's initialize_from_trained_model_folder reads with weights_only=False), then the
+    # network rebuilt and handed over as that function does
+    checkpoint_data = ckpt.load(ckpt_path, numpy_scalars=True)
     name = checkpoint_data["trainer_name"]
-    if name not in TRAINERS:
-        predictor.initialize_from_trained_model_folder(str(folder), (fold,), checkpoint)
-        return predictor
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -81,13 +82,32 @@ def load_predictor(folder: str | Path, fold: int | str, *, checkpoint: str = "ch
     dataset_json = load_json(str(folder / "dataset.json"))
     plans = PlansManager(load_json(str(folder / "plans.json")))
     config = plans.get_configuration(checkpoint_data["init_args"]["configuration"])
-    network = TRAINERS[name].build_network_architecture(
+    network = _trainer_class(name).build_network_architecture(
         plans, config, determine_num_input_channels(plans, config, dataset_json),
         plans.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
     network.load_state_dict(checkpoint_data["network_weights"])
     predictor.manual_initialization(network, plans, config, [checkpoint_data["network_weights"]], dataset_json, name,
                                     checkpoint_data.get("inference_allowed_mirroring_axes"))
     return predictor
+
+
+def _trainer_class(name: str) -> type:
+    """The trainer class a checkpoint names: partialseg's from :data:`TRAINERS`, nnU-Net's ``nnUNetTrainer`` (what
+    the TCT trainer exports) directly, any other by nnU-Net's own search of its trainer package."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from partialseg.engines.nnunet.trainers import TRAINERS
+
+    if name in TRAINERS:
+        return TRAINERS[name]
+    if name == nnUNetTrainer.__name__:
+        return nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    cls = recursive_find_trainer_class_by_name(name)  # nnU-Net's search (its package, then nnUNet_extTrainer)
+    if cls is None:
+        raise PartialsegError(f"nnU-Net trainer {name!r} not found (a custom trainer? install its package)")
+    return cls
 
 
 def predict_run(run: str | Path, input_dir: str | Path, out_dir: str | Path, *, device: str = "auto",

@@ -32,6 +32,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import Tensor, nn
 from torch._dynamo import OptimizedModule
 
+from partialseg import checkpoint as ckpt
 from partialseg.engines.nnunet.trainers import TRAINERS, nnUNetTrainer_partialseg
 from partialseg.errors import PartialsegError
 from partialseg.methods.base import StepContext
@@ -237,7 +238,7 @@ class nnUNetTrainer_partialseg_tct(nnUNetTrainer_partialseg):  # noqa: N801 (nnU
             self.initialize()
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+            checkpoint = ckpt.load(checkpoint, self.device, numpy_scalars=True)
         state = checkpoint.get(TCT_STATE_KEY)
         if not isinstance(state, dict) or "heads" not in state:
             raise PartialsegError(f"{type(self).__name__}: the checkpoint holds no TCT heads (written by another "

@@ -23,6 +23,7 @@ to the same problem, and the two would conflict.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -113,6 +114,19 @@ class nnUNetTrainer_partialseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
         self.partialseg_steps += 1
         return out
 
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's ``load_checkpoint`` (continue-training, ``--val``), for a file that reads as plain data
+        (:func:`partialseg.checkpoint.load`; otherwise an ``InputError``): nnU-Net reads it with
+        ``weights_only=False``, which could run code."""
+        from partialseg import checkpoint as ckpt
+
+        if isinstance(filename_or_checkpoint, (str, Path)):
+            ckpt.load(filename_or_checkpoint, "cpu", numpy_scalars=True)  # refuses anything but plain data
+            # then nnU-Net reads the file again: its load_checkpoint (2.8) uses a dict argument as unset
+            filename_or_checkpoint = str(filename_or_checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
+
     # ---- augmentation ----------------------------------------------------------------------------------
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:  # noqa: N802 (nnU-Net's name)
         """nnU-Net's rotation and patch settings, without mirroring, in training and in its predictor's test-time
@@ -127,8 +141,6 @@ class nnUNetTrainer_partialseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         """nnU-Net's final validation, then its summary scored on each case's annotated classes only
         (:mod:`~partialseg.engines.nnunet.validation`; nnU-Net's all-class summary is kept beside it)."""
-        from pathlib import Path
-
         from partialseg.engines.nnunet.validation import rewrite_validation_summary
 
         super().perform_actual_validation(save_probabilities)

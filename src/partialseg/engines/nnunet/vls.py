@@ -64,7 +64,9 @@ def load_network_weights(network: torch.nn.Module, checkpoint: str) -> None:
     from torch._dynamo import OptimizedModule
     from torch.nn.parallel import DistributedDataParallel
 
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    from partialseg import checkpoint as ckpt
+
+    saved = ckpt.load(checkpoint, numpy_scalars=True)["network_weights"]
     saved = {k[7:] if k.startswith("module.") else k: v for k, v in saved.items()}
     net = network.module if isinstance(network, DistributedDataParallel) else network
     if isinstance(net, OptimizedModule):
