@@ -91,13 +91,13 @@ def choose_sources(evidence: list[dict[int, dict[str, float]]], num_classes: int
     return out
 
 
-def _case_pass(case: RoundCase, generalist: Any, opts: Any, wanted: dict[int, Any], previous_dir: Path, *,
-               gate: bool) -> CaseCandidates:
-    """One case's sliding window and its candidates (its probabilities and HU freed on return)."""
-    label, ref = case.arrays()
+def _case_pass(case: RoundCase, label: np.ndarray, ref: np.ndarray | None, previous: dict[int, tuple[np.ndarray, float]],
+               generalist: Any, opts: Any, wanted: dict[int, Any], *, gate: bool) -> CaseCandidates:
+    """One case's sliding window and its candidates (its probabilities and HU freed on return); ``label``,
+    ``ref``: :attr:`RoundCase.arrays`, ``previous``: :func:`previous_pseudo`, read once by the caller."""
     probs, hu, spacing = case.specialist()
     return case_candidates(probs, label, case.annotated, hu, spacing, generalist, opts, wanted=wanted, gate=gate,
-                           specialist_masks=ref is not None, previous=previous_pseudo(previous_dir, case.case_id))
+                           specialist_masks=ref is not None, previous=previous)
 
 
 def _organ_gate(pseudo_dir: Path, cases: Sequence[RoundCase], generalist: Any, opts: Any, space: Any,
@@ -121,7 +121,9 @@ def _organ_gate(pseudo_dir: Path, cases: Sequence[RoundCase], generalist: Any, o
             ev = load_evidence(cand_dir, case.case_id)
             if ev is None:
                 unannotated = {k: SOURCES for k in range(1, space.num_channels) if k not in case.annotated}
-                cands = _case_pass(case, generalist, opts, unannotated, previous_dir, gate=True)
+                label, ref = case.arrays()
+                cands = _case_pass(case, label, ref, previous_pseudo(previous_dir, case.case_id), generalist, opts,
+                                   unannotated, gate=True)
                 save_candidates(cand_dir, case.case_id, cands)
                 ev = cands.evidence
                 del cands
@@ -151,11 +153,11 @@ def _pseudo_label(case: RoundCase, pseudo_dir: Path, generalist: Any, opts: Any,
     written with its decisions and quality rows (so a resumed round needs neither again)."""
     chosen, decisions = round_sources(space.num_channels, case.annotated, opts, sources)
     wanted = {k: (s,) for k, s in chosen.items() if s is not None}
-    cands = load_candidates(pseudo_dir / "candidates", case.case_id)
-    if cands is None:
-        cands = _case_pass(case, generalist, opts, wanted, previous_dir, gate=False)
     label, ref = case.arrays()
     previous = previous_pseudo(previous_dir, case.case_id)
+    cands = load_candidates(pseudo_dir / "candidates", case.case_id)
+    if cands is None:
+        cands = _case_pass(case, label, ref, previous, generalist, opts, wanted, gate=False)
     masks, more, ent = select_pseudo_labels(cands, chosen, round_index=r, opts=opts, previous=previous, classes=wanted)
     decisions.update(more)
     full = assemble(np.asarray(label), masks, {k: cands.probability_of(k) for k in masks})

@@ -119,17 +119,24 @@ def _train_boxnet(out: Path, ds: PartialDataset, paths: dict[str, Path], setting
     return done or train_boxnet(cases, out, spacings[0], cfg, device=settings["device"], progress=progress)
 
 
-def _round_case(case: Case, ds: PartialDataset, specialist: Any) -> Any:
-    """A raw case as partialseg's round reads it (RAS, read on demand: a gate pass and a pseudo-label from saved
-    candidates read the files again rather than hold any case between the two)."""
+def _round_case(case: Case, ds: PartialDataset, specialist: Any, last: dict[str, Any]) -> Any:
+    """A raw case as partialseg's round reads it (RAS, read on demand). ``last``: one slot shared by a round's
+    cases, holding the arrays of the case read last, so that a case's labels and its prediction read the
+    files once while no earlier case is kept."""
     from partialseg.pseudolabel.round import RoundCase
 
+    def load() -> tuple[Volume, np.ndarray, np.ndarray, tuple[float, float, float], np.ndarray | None]:
+        if last.get("case") != case.case_id:
+            last.clear()  # the previous case's arrays go before this one's are read
+            last["arrays"], last["case"] = _ras_case(case, ds), case.case_id
+        return last["arrays"]
+
     def arrays() -> tuple[np.ndarray, np.ndarray | None]:
-        _, _, label, _, ref = _ras_case(case, ds)
+        _, _, label, _, ref = load()
         return label, ref
 
     def predict() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-        image, hu, _, spacing, _ = _ras_case(case, ds)
+        image, hu, _, spacing, _ = load()
         return specialist().probabilities(image), hu, spacing
 
     return RoundCase(case.case_id, case.annotated, arrays, predict)
@@ -155,7 +162,8 @@ def pseudo_label_round(ds: PartialDataset, run: Path, r: int, checkpoint: Path, 
                                            overlap=float(ipnp_settings["overlap"])))
         return loaded[0]
 
-    cases = [_round_case(c, ds, specialist) for c in ds.cases]
+    last: dict[str, Any] = {}
+    cases = [_round_case(c, ds, specialist, last) for c in ds.cases]
     if opts.pseudo_source == "none":  # the step control: IPnP's schedule, no pseudo-label (the round's dataset needs files)
         for case in cases:
             if not has_pseudo(pdir, case.case_id):
