@@ -30,7 +30,7 @@ from partialseg.engines.nnunet.paths import dataset_folder_name, nnunet_environm
 from partialseg.errors import OutputExistsError, PartialsegError
 from partialseg.io import read_json, write_json_atomic
 
-__all__ = ["SETTINGS", "parse_overrides", "train_run"]
+__all__ = ["SETTINGS", "ensure_preprocessed", "parse_overrides", "resolve_device_setting", "train_run"]
 
 DATASET_ID = 1  # one dataset per run folder
 #: ``--set nnunet.KEY=VALUE`` keys and their defaults (None: nnU-Net's own: 1000 epochs, 250 + 50 iterations)
@@ -69,6 +69,27 @@ def _trainer_class(method: str, options: dict[str, Any]) -> type:
                                           "__qualname__": base.__qualname__})
 
 
+def resolve_device_setting(device: str) -> str:
+    """``nnunet.device``: ``auto`` is CUDA where there is one, else the CPU."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def ensure_preprocessed(ds: PartialDataset, paths: dict[str, Path], settings: dict[str, Any], *,
+                        edit_plans: Any = None) -> Path:
+    """Plan and preprocess ``ds`` as nnU-Net dataset :data:`DATASET_ID` unless that finished; returns its
+    preprocessed folder. A dataset of fewer than 5 cases gets one split, its last case for validation
+    (nnU-Net's 5-fold split needs 5)."""
+    folder = paths["nnUNet_preprocessed"] / dataset_folder_name(DATASET_ID, ds.root.name)
+    if not (folder / "nnUNetPlans.json").is_file() or not (folder / f"nnUNetPlans_{settings['configuration']}").is_dir():
+        from partialseg.engines.nnunet.prepare import plan_and_preprocess
+
+        cases = sorted(c.case_id for c in ds.cases)
+        splits = [{"train": cases[:-1], "val": cases[-1:]}] if len(cases) < 5 else None
+        plan_and_preprocess(ds.root, paths, DATASET_ID, configurations=[settings["configuration"]],
+                            num_processes=int(settings["num_processes"]), edit_plans=edit_plans, splits=splits)
+    return folder
+
+
 def train_run(dataset: str | Path, run: str | Path, method: str = "marginal", overrides: Sequence[str] = (),
               *, resume: bool = False) -> Path:
     """Plan, preprocess and train ``method`` with nnU-Net inside ``run``; returns nnU-Net's fold folder."""
@@ -98,20 +119,11 @@ def train_run(dataset: str | Path, run: str | Path, method: str = "marginal", ov
             raise PartialsegError(f"{run} trained {before.get('method')!r} on {before.get('dataset')}; resume it with those")
     elif run.exists():
         raise OutputExistsError(run)
-    device = settings["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device_setting(settings["device"])
     name = dataset_folder_name(DATASET_ID, ds.root.name)
     run.mkdir(parents=True, exist_ok=True)
     with nnunet_environment(run) as paths:
-        folder = paths["nnUNet_preprocessed"] / name
-        if not (folder / "nnUNetPlans.json").is_file() or not (folder / f"nnUNetPlans_{settings['configuration']}").is_dir():
-            from partialseg.engines.nnunet.prepare import plan_and_preprocess
-
-            cases = sorted(c.case_id for c in ds.cases)
-            splits = [{"train": cases[:-1], "val": cases[-1:]}] if len(cases) < 5 else None
-            plan_and_preprocess(ds.root, paths, DATASET_ID, configurations=[settings["configuration"]],
-                                num_processes=int(settings["num_processes"]), splits=splits)
+        ensure_preprocessed(ds, paths, settings)
         write_json_atomic({"engine": "nnunet", "method": method, "trainer": trainer_name(method),
                            "dataset": str(ds.root.resolve()), "nnunet_dataset": name, "settings": settings,
                            "method_options": options}, record)

@@ -9,8 +9,8 @@ uses for round 0). Each round ``r = 1..R`` then
    and resampling back to the image grid), one case at a time: ``(C, X, Y, Z)`` probabilities of one case
    in RAM at once;
 2. prompts the generalist with the specialist's boxes, refines (τ, ROI dilation δ, entropy rule) and assembles
-   the pseudo-full label map with partialseg's own functions (:func:`~partialseg.pseudolabel.loop.pseudo_label_case`,
-   :func:`~partialseg.pseudolabel.refine.assemble`), on the image grid reoriented to RAS (axis flips and
+   the pseudo-full label map with partialseg's own round (:func:`~partialseg.pseudolabel.round.pseudo_label_round`:
+   one prediction per case, the organ gate's included), on the image grid reoriented to RAS (axis flips and
    permutations only: the prompts' axial/sagittal axes are RAS's, as in partialseg's own loop);
 3. writes them as a new nnU-Net raw dataset, preprocesses it with round 0's plans (same network, same
    normalisation) and continues training with ``nnUNetTrainer_partialseg_ipnp`` (:mod:`.vls`: the VLS loss,
@@ -49,7 +49,14 @@ import numpy as np
 
 from partialseg.data.dataset import PartialDataset, dataset_json, write_dataset_json
 from partialseg.engines.nnunet import trainer_name
-from partialseg.engines.nnunet.drive import DATASET_ID, INSTALL_HINT, _trainer_class, parse_overrides
+from partialseg.engines.nnunet.drive import (
+    DATASET_ID,
+    INSTALL_HINT,
+    _trainer_class,
+    ensure_preprocessed,
+    parse_overrides,
+    resolve_device_setting,
+)
 from partialseg.engines.nnunet.paths import dataset_folder_name, nnunet_environment
 from partialseg.errors import OutputExistsError, PartialsegError
 from partialseg.io import atomic_output_dir, read_json, save_volume, write_json_atomic
@@ -130,7 +137,6 @@ def train_ipnp_run(dataset: str | Path, run: str | Path, method: str = "ipnp", o
     ``method.options.NAME=VALUE`` (``IPnPOptions``); a resumed run without them reuses the saved ones.
     ``edit_plans(plans)`` may change nnU-Net's plans before round 0 preprocesses (every round uses them).
     """
-    import torch
 
     from partialseg.methods.base import get_method
     from partialseg.pseudolabel.loop import check_generalist_options
@@ -159,22 +165,14 @@ def train_ipnp_run(dataset: str | Path, run: str | Path, method: str = "ipnp", o
         raise PartialsegError("with --engine nnunet, round 0 is trained in the run (no specialist_run) and a round's "
                               "length is nnunet.round_epochs (not steps_per_round)")
     check_generalist_options(opts)
-    if settings["device"] == "auto":
-        settings["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    settings["device"] = resolve_device_setting(settings["device"])
     name = ds.root.name
     base = {"engine": "nnunet", "method": method, "dataset": str(ds.root.resolve()), "settings": settings,
             "ipnp_settings": ours, "method_options": options, "configuration": settings["configuration"],
             "fold": settings["fold"]}
     run.mkdir(parents=True, exist_ok=True)
     with nnunet_environment(run) as paths:
-        folder0 = paths["nnUNet_preprocessed"] / round_dataset_name(0, name)
-        if not (folder0 / "nnUNetPlans.json").is_file() or not (folder0 / f"nnUNetPlans_{settings['configuration']}").is_dir():
-            from partialseg.engines.nnunet.prepare import plan_and_preprocess
-
-            cases = sorted(c.case_id for c in ds.cases)
-            splits = [{"train": cases[:-1], "val": cases[-1:]}] if len(cases) < 5 else None
-            plan_and_preprocess(ds.root, paths, DATASET_ID, configurations=[settings["configuration"]],
-                                num_processes=int(settings["num_processes"]), edit_plans=edit_plans, splits=splits)
+        ensure_preprocessed(ds, paths, settings, edit_plans=edit_plans)
         trainer0 = trainer_name(ROUND0_METHOD)
         write_json_atomic({**base, "trainer": trainer0, "nnunet_dataset": round_dataset_name(0, name), "round": 0}, record_file)
         done = run / "ipnp" / "round_0.json"
