@@ -137,6 +137,34 @@ def test_options_validation():
         IPnPOptions(pseudo_source="oracle")
 
 
+def _tiny_ipnp_args(ds, run, rounds: int) -> list[str]:
+    """``partialseg train`` of a tiny ipnp_gated run (2 steps per training)."""
+    args = ["train", str(ds), "--out", str(run), "--method", "ipnp_gated"]
+    for s in ["train.steps=2", "train.batch_size=1", "train.patch_size=[32,16,16]", "train.val_every=0",
+              "network.options={base_channels: 4}", "data.spacing=[2.0,2.5,3.0]", "train.num_threads=1",
+              f"method.options.rounds={rounds}", "method.options.tau=0.0", "method.options.padding=1",
+              "method.options.dilation=2"]:
+        args += ["--set", s]
+    return args
+
+
+def _count_windows(monkeypatch) -> list[str]:
+    """Record the file of every caller of the sliding window (training's validation or a round's pass)."""
+    import sys
+
+    from partialseg.inference import sliding_window
+
+    passes: list[str] = []
+    real_window = sliding_window.sliding_window_probabilities
+
+    def counting_window(*a, **kw):
+        passes.append(Path(sys._getframe(1).f_code.co_filename).name)
+        return real_window(*a, **kw)
+
+    monkeypatch.setattr(sliding_window, "sliding_window_probabilities", counting_window)
+    return passes
+
+
 def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space, monkeypatch):
     from partialseg.training import trainer
 
@@ -148,27 +176,12 @@ def test_two_round_cli_run_then_predict_and_export(tmp_path, small_space, monkey
         return real_train(*a, cases=cases, **kw)
 
     monkeypatch.setattr(trainer, "train", recording_train)
-    from partialseg.inference import sliding_window
-
-    passes = []
-    real_window = sliding_window.sliding_window_probabilities
-
-    def counting_window(*a, **kw):
-        import sys
-
-        passes.append(Path(sys._getframe(1).f_code.co_filename).name)  # the caller: training's validation or a round
-        return real_window(*a, **kw)
-
-    monkeypatch.setattr(sliding_window, "sliding_window_probabilities", counting_window)
+    passes = _count_windows(monkeypatch)
     ds = write_block_dataset(tmp_path / "blocks", small_space, n_cases=4,
                              annotated={"case_000": ["liver"], "case_001": ["spleen", "kidney_left"]})
     before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
     run = tmp_path / "run"
-    args = ["train", str(ds), "--out", str(run), "--method", "ipnp_gated"]
-    for s in ["train.steps=2", "train.batch_size=1", "train.patch_size=[32,16,16]", "train.val_every=0",
-              "network.options={base_channels: 4}", "data.spacing=[2.0,2.5,3.0]", "train.num_threads=1",
-              "method.options.rounds=2", "method.options.tau=0.0", "method.options.padding=1", "method.options.dilation=2"]:
-        args += ["--set", s]
+    args = _tiny_ipnp_args(ds, run, rounds=2)
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     for d in ("round_0", "round_1", "round_2"):
@@ -283,29 +296,17 @@ def test_pseudo_background_option_reaches_the_loss(small_space):
 
 
 def test_a_round_killed_after_the_gate_resumes_without_another_pass(tmp_path, small_space, monkeypatch):
-    import sys
-
-    from partialseg.inference import sliding_window
     from partialseg.pseudolabel import round as ipnp_round
 
     ds = write_block_dataset(tmp_path / "blocks", small_space, n_cases=3, annotated={"case_000": ["liver"]})
     run = tmp_path / "run"
-    args = ["train", str(ds), "--out", str(run), "--method", "ipnp_gated"]
-    for s in ["train.steps=2", "train.batch_size=1", "train.patch_size=[32,16,16]", "train.val_every=0",
-              "network.options={base_channels: 4}", "data.spacing=[2.0,2.5,3.0]", "train.num_threads=1",
-              "method.options.rounds=1", "method.options.tau=0.0", "method.options.padding=1", "method.options.dilation=2"]:
-        args += ["--set", s]
-    passes = []
-    real_window, real_pseudo = sliding_window.sliding_window_probabilities, ipnp_round._pseudo_label
-
-    def counting_window(*a, **kw):
-        passes.append(Path(sys._getframe(1).f_code.co_filename).name)
-        return real_window(*a, **kw)
+    args = _tiny_ipnp_args(ds, run, rounds=1)
+    real_pseudo = ipnp_round._pseudo_label
 
     def killed(*a, **kw):
         raise KeyboardInterrupt  # as if the process died after the gate, before the first pseudo-label
 
-    monkeypatch.setattr(sliding_window, "sliding_window_probabilities", counting_window)
+    passes = _count_windows(monkeypatch)
     monkeypatch.setattr(ipnp_round, "_pseudo_label", killed)
     r = CliRunner().invoke(app, args)
     assert r.exit_code != 0, r.output
