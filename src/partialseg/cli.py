@@ -365,6 +365,7 @@ def predict(
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:i]'.")] = "auto",
     postprocess: Annotated[bool, typer.Option(help="Apply the postprocessing chosen on validation (largest component per organ, RUN/postprocessing.json).")] = True,
     mirror: Annotated[bool, typer.Option(help="Left-right mirror test-time augmentation (left/right organs swapped back; twice the time).")] = False,
+    low_memory: Annotated[bool, typer.Option(help="One sliding window at a time, logits blended in float16 (as nnU-Net's predictor): less memory, near-tie voxels may change label. Our own runs only.")] = False,
 ) -> None:
     """Segment images; each output has the input's exact shape and affine."""
     from partialseg.engines.nnunet.predict import is_nnunet_run
@@ -378,7 +379,7 @@ def predict(
                                   probabilities=probabilities)
         else:
             written = predict_folder(run, input_dir, out_dir, probabilities=probabilities, device=device,
-                                     overlap=overlap, postprocess=postprocess, mirror=mirror)
+                                     overlap=overlap, postprocess=postprocess, mirror=mirror, low_memory=low_memory)
     except (PartialsegError, OSError) as e:
         _fail(e)
     _say(f"wrote {len(written)} label maps to {out_dir}")

@@ -74,3 +74,32 @@ def test_left_right_mirror_tta_is_symmetric_and_swaps_paired_organs_back():
         torch.testing.assert_close(tta(x.flip(2)), y.flip(2)[:, perm], rtol=1e-5, atol=1e-6)
     probs = sliding_window_probabilities(tta, lambda z: torch.softmax(z, 1), x[0].numpy(), (4, 4, 4), amp=False)
     assert probs.shape == (5, 6, 5, 4)
+
+
+class _DtypeSpy(_Conv):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+        self.beyond_float16 = False  # a window held a value float16 cannot represent
+
+    def forward(self, x):
+        self.seen.add(x.dtype)
+        self.beyond_float16 |= bool((x != x.half().float()).any())
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("shape", [(12, 10, 30), (5, 10, 6)])  # the second is smaller than the patch: padded
+def test_float16_blending_reads_float32_windows_and_matches_float32_blending(shape):
+    net = _DtypeSpy()
+    image = np.random.default_rng(1).normal(size=(1, *shape)).astype(np.float32)
+    soft = lambda z: torch.softmax(z, 1)  # noqa: E731
+    ref = sliding_window_probabilities(net, soft, image, (8, 8, 8), overlap=0.5, amp=False)
+    low = sliding_window_probabilities(net, soft, image, (8, 8, 8), overlap=0.5, amp=False, sw_batch_size=1,
+                                       blend_dtype=torch.float16)
+    # the network saw the float32 image, not MONAI's float16 copy
+    assert net.seen == {torch.float32} and net.beyond_float16
+    assert low.shape == ref.shape == (3, *shape)
+    torch.testing.assert_close(low, ref, rtol=0, atol=2e-3)
+    labels = sliding_window_probabilities(net, soft, image, (8, 8, 8), overlap=0.5, amp=False, argmax=True,
+                                          blend_dtype=torch.float16)
+    assert (labels == ref.argmax(0)).float().mean() > 0.99

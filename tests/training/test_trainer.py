@@ -129,6 +129,11 @@ def test_cli_train_predict_evaluate_round_trip(partial_blocks, tmp_path):
     assert r.exit_code == 0, r.output
     plain, tta = (np.load(d / "case_000_probabilities.npz")["probabilities"] for d in (pred, tmp_path / "tta"))
     assert plain.shape == tta.shape and not np.array_equal(plain, tta)
+    # low memory (one window at a time, float16 blending): the same probabilities up to float16 rounding
+    r = runner.invoke(app, ["predict", str(run), str(partial_blocks / "imagesTr"), str(tmp_path / "low"), "--low-memory", "--probabilities"])
+    assert r.exit_code == 0, r.output
+    low = np.load(tmp_path / "low" / "case_000_probabilities.npz")["probabilities"]
+    assert low.shape == plain.shape and np.abs(low.astype(np.float32) - plain.astype(np.float32)).max() < 5e-3
 
 
 def test_predict_geometry_equals_non_ras_anisotropic_input(partial_blocks, tmp_path):

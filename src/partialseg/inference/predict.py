@@ -35,11 +35,17 @@ class Predictor:
     in_channels: int = 1
     #: class values whose largest connected component alone is kept (chosen on validation by training)
     largest_component: tuple[int, ...] = ()
+    #: windows per forward and the logits' blending precision (``low_memory``: 1 and float16, nnU-Net's predictor)
+    sw_batch_size: int = 2
+    blend_dtype: torch.dtype = torch.float32
 
     @classmethod
-    def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None, mirror: bool = False) -> Predictor:
+    def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None, mirror: bool = False,
+             low_memory: bool = False) -> Predictor:
         """From a run folder (its ``model.pt``) or a model file; ``mirror``: left-right mirror test-time
-        augmentation (:class:`~partialseg.inference.sliding_window.LeftRightMirrored`, twice the time)."""
+        augmentation (:class:`~partialseg.inference.sliding_window.LeftRightMirrored`, twice the time);
+        ``low_memory``: one window per forward and logits blended in float16 (a 512×512×160 case with 16
+        classes: about half the activations and half the blending buffers; labels may differ at near-ties)."""
         from partialseg.networks import build_network
         from partialseg.preprocessing import NormalizationStats, PreprocessConfig
         from partialseg.runtime import resolve_device
@@ -69,6 +75,8 @@ class Predictor:
             bool(m.get("config", {}).get("train", {}).get("amp_cpu", False)),
             int(n["in_channels"]),
             tuple(space.index(name) for name in m.get("postprocessing", {}).get("largest_component", []) if name in space.names),
+            1 if low_memory else 2,
+            torch.float16 if low_memory else torch.float32,
         )
 
     def predict_volume(self, image: Volume, *, probabilities: bool = False, postprocess: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -83,7 +91,8 @@ class Predictor:
         # labels only: streamed per slab, no (C, X, Y, Z) array; probabilities: kept in float16
         out = sliding_window_probabilities(
             self.net, self.method.probabilities, arr, self.patch_size, overlap=self.overlap, device=self.device, amp=self.amp,
-            amp_cpu=self.amp_cpu, argmax=not probabilities, dtype=torch.float16,
+            amp_cpu=self.amp_cpu, argmax=not probabilities, dtype=torch.float16, sw_batch_size=self.sw_batch_size,
+            blend_dtype=self.blend_dtype,
         ).numpy()
         p = None
         if probabilities:
@@ -148,12 +157,13 @@ def predict_folder(
     progress: bool = True,
     postprocess: bool = True,
     mirror: bool = False,
+    low_memory: bool = False,
 ) -> list[Path]:
     """Predict every ``*.nii.gz``/``*.nii`` in ``input_dir`` (or one file) into the new folder ``out_dir``
     (``postprocess``: with the run's postprocessing, see :meth:`Predictor.predict_volume`)."""
     input_dir = Path(input_dir)
     files = nifti_inputs(input_dir)
-    predictor = Predictor.load(run, device=device, overlap=overlap, mirror=mirror)
+    predictor = Predictor.load(run, device=device, overlap=overlap, mirror=mirror, low_memory=low_memory)
     check_channels(files, predictor.in_channels)
     names = [output_name(f) for f in files]
     if len(set(names)) != len(names):

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from partialseg.runtime import autocast_context
 
-#: float32 working memory of one slab (MONAI's output buffer of logits and its weight map)
+#: working memory of one slab (MONAI's output buffer of logits and its weight map)
 DEFAULT_SLAB_GB = 2.0
 #: Z slices of a slab's logits turned into probabilities at a time (no second (C, X, Y, Z) buffer)
 _PROB_CHUNK = 8
@@ -75,13 +75,33 @@ def mirror_permutation(label_space, out_channels: int) -> list[int]:
 
 
 @torch.no_grad()
-def _window_logits(net: nn.Module, x: Tensor, patch_size: Sequence[int], overlap: float, sw_batch_size: int) -> Tensor:
+def _window_logits(net: nn.Module, x: Tensor, patch_size: Sequence[int], overlap: float, sw_batch_size: int,
+                   blend_dtype: torch.dtype = torch.float32) -> Tensor:
+    """MONAI's Gaussian-blended logits ``(1, C, *spatial)`` of ``x`` ``(1, in, *spatial)``, blended in ``blend_dtype``."""
     from monai.inferers import sliding_window_inference
 
-    return sliding_window_inference(
-        x, roi_size=tuple(int(p) for p in patch_size), sw_batch_size=sw_batch_size, predictor=net,
-        overlap=overlap, mode="gaussian", padding_mode="replicate",
-    )
+    roi = tuple(int(p) for p in patch_size)
+    if blend_dtype == x.dtype:
+        return sliding_window_inference(x, roi_size=roi, sw_batch_size=sw_batch_size, predictor=net, overlap=overlap,
+                                        mode="gaussian", padding_mode="replicate")
+    # MONAI blends in its input's dtype: it gets a low-precision copy, which sets that dtype, and every window
+    # is read from the full-precision image by its coordinates (nnU-Net's choice: float32 input, float16 sums).
+    # Padded here as MONAI would pad (replicate, the odd voxel after), so that the coordinates agree.
+    lo = [max(r - n, 0) // 2 for r, n in zip(roi, x.shape[2:])]
+    hi = [max(r - n, 0) - a for r, n, a in zip(roi, x.shape[2:], lo)]
+    padded = any(lo) or any(hi)
+    if padded:
+        x = torch.nn.functional.pad(x, [v for d in reversed(range(3)) for v in (lo[d], hi[d])], mode="replicate")
+
+    def predict(_low: Tensor, slices: list[list[slice]]) -> Tensor:
+        window = torch.cat([x[tuple(s)] for s in slices]).to(_low.device)
+        return net(window).to(blend_dtype)
+
+    out = sliding_window_inference(x.to(blend_dtype), roi_size=roi, sw_batch_size=sw_batch_size, predictor=predict,
+                                   overlap=overlap, mode="gaussian", with_coord=True)
+    if padded:
+        out = out[(slice(None), slice(None), *(slice(a, s - b) for a, b, s in zip(lo, hi, out.shape[2:])))]
+    return out
 
 
 @torch.no_grad()
@@ -99,6 +119,7 @@ def sliding_window_probabilities(
     argmax: bool = False,
     dtype: torch.dtype = torch.float32,
     slab_gb: float = DEFAULT_SLAB_GB,
+    blend_dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """``image`` (1, X, Y, Z) → class probabilities (C, X, Y, Z) on the CPU, in ``dtype``; with
     ``argmax``, the label map (X, Y, Z) int16 instead.
@@ -107,7 +128,9 @@ def sliding_window_probabilities(
     once, after blending. Volumes smaller than the patch are padded by the inferer. The volume is
     processed in slabs along Z (:func:`z_slabs`) so that the float32 working memory stays near
     ``slab_gb`` whatever the volume's size; with ``argmax`` only the labels of the whole volume are
-    kept, with ``dtype=torch.float16`` the probabilities take half the memory.
+    kept, with ``dtype=torch.float16`` the probabilities take half the memory. ``blend_dtype=torch.float16``
+    blends the logits in half precision (nnU-Net's predictor does): half the slab's memory, the network
+    still sees the float32 image; ``sw_batch_size``: windows per forward (1: the least activation memory).
     """
     device = torch.device(device)
     # np.array copies: the input is often a read-only memory map
@@ -118,11 +141,12 @@ def sliding_window_probabilities(
     try:
         out: Tensor | None = None
         X, Y, Z = x.shape[2:]
-        per_slice = 4 * X * Y * (int(getattr(net, "out_channels", 16)) + 2)
+        itemsize = torch.empty((), dtype=blend_dtype).element_size()
+        per_slice = itemsize * X * Y * (int(getattr(net, "out_channels", 16)) + 2)
         slabs = z_slabs(Z, int(patch_size[2]), overlap, int(slab_gb * 2**30 // per_slice))
         for a, b, ka, kb in slabs:
             with autocast_context(device, amp, amp_cpu):
-                logits = _window_logits(net, x[..., a:b].to(device), patch_size, overlap, sw_batch_size)
+                logits = _window_logits(net, x[..., a:b].to(device), patch_size, overlap, sw_batch_size, blend_dtype)
             for z0 in range(ka, kb, _PROB_CHUNK):  # probabilities per voxel: chunks give the same values
                 z1 = min(z0 + _PROB_CHUNK, kb)
                 probs = to_probabilities(logits[..., z0 - a : z1 - a].float())[0]
