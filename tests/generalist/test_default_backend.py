@@ -161,3 +161,34 @@ def test_single_boxes_and_boxes_on_the_volume_border_work():
     for margin in (0, 4):
         mask = build_generalist(margin=margin).segment(img2, SPACING, box_prompts_from_mask(edge, padding=5))
         assert dice(mask, edge) > 0.5, margin
+
+
+def test_a_large_roi_is_solved_coarse_within_max_voxels(monkeypatch):
+    from scipy import ndimage
+
+    import partialseg.generalist.random_walker as rw
+
+    img, target = blob_scene(2)
+    img = ndimage.zoom(img, (2, 2, 1), order=1)  # the same scene at 1 x 1 x 3 mm
+    target = ndimage.zoom(target.astype(np.uint8), (2, 2, 1), order=0).astype(bool)
+    spacing = (1.0, 1.0, 3.0)
+    prompts = box_prompts_from_mask(target, padding=10)
+    solved: list[int] = []
+    real = rw.random_walker_with_prior
+    monkeypatch.setattr(rw, "random_walker_with_prior", lambda w, prior, *a, **k: solved.append(prior.size) or real(w, prior, *a, **k))
+
+    fine = RandomWalkerGeneralist(box_padding=10).segment(img, spacing, prompts)
+    roi = roi_from_prompts(prompts, img.shape, 8)
+    roi_voxels = int(np.prod([r.stop - r.start for r in roi]))
+    assert solved == [roi_voxels]
+    limit = roi_voxels // 3
+    coarse_g = RandomWalkerGeneralist(box_padding=10, max_voxels=limit)
+    assert coarse_g._coarse_factors([r.stop - r.start for r in roi], spacing) == (2, 2, 1)
+    coarse = coarse_g.segment(img, spacing, prompts)
+    assert coarse.shape == img.shape and solved[-1] <= limit and len(solved) == 2
+    assert dice(fine, target) > 0.8 and dice(coarse, target) > 0.8 and dice(coarse, fine) > 0.85
+    inside = np.zeros(img.shape, bool)
+    inside[roi_from_prompts(prompts, img.shape, 8 * 2 + 2)] = True
+    assert not (coarse & ~inside).any()
+    with pytest.raises(ValueError, match="max_voxels"):
+        RandomWalkerGeneralist(max_voxels=10)

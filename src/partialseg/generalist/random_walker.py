@@ -345,7 +345,9 @@ class RandomWalkerGeneralist(Generalist):
     walker / for finding the object on the prompt slices), ``bands``, ``coverage_power``,
     ``seed_erosion``, ``gamma`` (weight of the intensity prior against the seeds and the
     walker's smoothness), ``edge_scale``, ``outside_odds``, ``threshold``, ``refits``,
-    ``fill_holes``, ``keep_component``, ``rtol`` / ``maxiter`` (conjugate gradients).
+    ``fill_holes``, ``keep_component``, ``rtol`` / ``maxiter`` (conjugate gradients), ``max_voxels``
+    (a larger ROI is block-averaged by integer factors, finest axes first, and the mask repeated back: the
+    sparse system's memory grows with the ROI's voxels, tens of GB for an abdomen-sized box at 0.8 mm).
     ``last_model`` holds the intensity model of the last call (for inspection).
     """
 
@@ -370,6 +372,7 @@ class RandomWalkerGeneralist(Generalist):
         keep_component: bool = True,
         rtol: float = 1e-3,
         maxiter: int = 1000,
+        max_voxels: int = 4_000_000,
     ) -> None:
         if margin < 0 or box_padding < 0:
             raise ValueError(f"margin and box_padding must be >= 0 voxels, got {margin}, {box_padding}")
@@ -391,6 +394,9 @@ class RandomWalkerGeneralist(Generalist):
         self.keep_component = bool(keep_component)
         self.rtol = float(rtol)
         self.maxiter = int(maxiter)
+        if max_voxels < 1000:
+            raise ValueError(f"max_voxels must be >= 1000, got {max_voxels}")
+        self.max_voxels = int(max_voxels)
         self.last_model: IntensityModel | None = None
 
     def roi(self, shape: Sequence[int], prompts: Sequence[BoxPrompt]) -> tuple[slice, slice, slice]:
@@ -415,12 +421,57 @@ class RandomWalkerGeneralist(Generalist):
             out.append(SliceBox(p.axis, k, tuple(box), tuple(tight)))  # type: ignore[arg-type]
         return out
 
+    def _coarse_factors(self, roi_shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, int, int]:
+        """Integer subsampling per axis, finest axes first, so that the ROI has at most ``max_voxels`` voxels."""
+        target = min(float(s) for s in spacing)
+        factors = (1, 1, 1)
+        while int(np.prod([-(-n // f) for n, f in zip(roi_shape, factors)])) > self.max_voxels:
+            target *= 1.25
+            factors = tuple(max(1, int(target / float(s))) for s in spacing)  # type: ignore[assignment]
+        return factors
+
+    def _segment_coarse(self, image: np.ndarray, spacing: Sequence[float], prompts: Sequence[BoxPrompt],
+                        roi: tuple[slice, slice, slice], factors: tuple[int, int, int]) -> np.ndarray:
+        """The walker on a block-averaged copy of the ROI's surroundings (its sparse system grows with the ROI's
+        voxels: a 0.8 mm abdomen-sized box would need tens of GB), the mask repeated back to full resolution."""
+        grow = [(self.margin + 1) * f for f in factors]
+        lo = [max(r.start - g, 0) for r, g in zip(roi, grow)]
+        # the crop's start on the block grid; its end rounded up to whole blocks (edge-padded past the volume)
+        hi = [min(r.stop + g, n) for r, g, n in zip(roi, grow, image.shape)]
+        size = [-(-(b - a) // f) * f for a, b, f in zip(lo, hi, factors)]
+        crop = image[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        crop = np.pad(crop, [(0, z - (b - a)) for a, b, z in zip(lo, hi, size)], mode="edge")
+        c = [z // f for z, f in zip(size, factors)]
+        coarse = crop.reshape(c[0], factors[0], c[1], factors[1], c[2], factors[2]).mean(axis=(1, 3, 5), dtype=np.float64)
+        small = []
+        for p in prompts:
+            plo = [(v - a) // f for v, a, f in zip(p.lo, lo, factors)]
+            phi = [min(-(-(v - a) // f), n) for v, a, f, n in zip(p.hi, lo, factors, c)]
+            phi[p.axis] = plo[p.axis] + 1
+            small.append(BoxPrompt(p.axis, plo[p.axis], tuple(plo), tuple(phi)))  # type: ignore[arg-type]
+        # the coarse problem must not touch the volume's faces where the full one does not: keep the
+        # crop's true extent, so ROI faces inside the volume stay background seeds
+        padding = self.box_padding
+        self.box_padding = int(round(padding / max(factors)))  # the prompts' padding, in coarse voxels
+        try:
+            mask = self.segment(coarse.astype(np.float32), [float(s) * f for s, f in zip(spacing, factors)], small)
+        finally:
+            self.box_padding = padding
+        for d, f in enumerate(factors):
+            mask = np.repeat(mask, f, axis=d)
+        out = np.zeros(image.shape, bool)
+        out[tuple(slice(a, b) for a, b in zip(lo, hi))] = mask[tuple(slice(0, b - a) for a, b in zip(lo, hi))]
+        return out
+
     def segment(self, image: np.ndarray, spacing: Sequence[float], prompts: Sequence[BoxPrompt]) -> np.ndarray:
         image = self._check(image, spacing, prompts)
         out = np.zeros(image.shape, bool)
         if not prompts:
             return out
         roi = self.roi(image.shape, prompts)
+        factors = self._coarse_factors([r.stop - r.start for r in roi], spacing)
+        if factors != (1, 1, 1):
+            return self._segment_coarse(image, spacing, prompts, roi, factors)
         origin = np.array([s.start for s in roi])
         raw = np.clip(image[roi].astype(np.float64), *_CLIP)
         img = _smooth(raw, self.smoothing)
