@@ -40,3 +40,20 @@ def test_code_and_object_arrays_stay_refused_with_numpy_numbers(tmp_path, bad):
     with pytest.raises(InputError, match="refused"):
         ckpt.load(f, numpy_scalars=True)
     assert not marker.exists()
+
+
+def test_plain_data_loads_makes_a_weights_only_false_caller_safe(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    evil, good = tmp_path / "evil.pth", tmp_path / "good.pth"
+    torch.save({"w": torch.ones(2), "log": _Payload(marker)}, evil)
+    torch.save({"w": torch.ones(2), "ema": np.float64(0.5)}, good)  # nnU-Net keeps numpy numbers in its logs
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # a user's setting must not open the door
+    with pytest.raises(InputError, match="refused") as e, ckpt.plain_data_loads(evil):
+        torch.load(evil, weights_only=False)  # what nnU-Net's loaders call
+    assert str(evil) in str(e.value) and not marker.exists()
+    with ckpt.plain_data_loads(good):
+        ckpt.load(good, numpy_scalars=True)  # a nested load (nnU-Net's initialize reads weights) ...
+        assert float(torch.load(good, weights_only=False)["ema"]) == 0.5  # ... leaves numpy numbers allowed
+    import os
+
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ

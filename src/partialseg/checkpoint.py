@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,44 @@ def _numpy_scalar_globals() -> list[Any]:
     return [scalar, np.dtype, *dtypes]
 
 
+@contextmanager
+def _numpy_numbers_allowed() -> Iterator[None]:
+    """``weights_only`` loading accepts numpy numbers inside. Only the globals not yet allowed are added and then
+    removed: torch's allow-list is one set, not a stack, so a nested ``safe_globals`` of the same entries (a
+    ``load`` inside :func:`plain_data_loads`) would otherwise remove them for the outer block too."""
+    allowed = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([g for g in _numpy_scalar_globals() if g not in allowed]):
+        yield
+
+
+def _refused(path: Path, e: pickle.UnpicklingError) -> InputError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return InputError(path, "refused: the file holds objects other than tensors and plain data, which could run "
+                            f"code when loaded; partialseg only loads files it wrote ({first})")
+
+
+_FORCE_SAFE, _FORCE_UNSAFE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextmanager
+def plain_data_loads(path: str | Path) -> Iterator[None]:
+    """Every ``torch.load`` inside reads plain data only (``weights_only``, numpy numbers allowed), whatever
+    ``weights_only`` its caller passes: for library code that reads a file we hand it with
+    ``weights_only=False`` (nnU-Net v2's ``load_checkpoint`` and pretrained weights), which could run code.
+    A refused file is an ``InputError`` naming ``path``. torch (>= 2.4) reads ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``
+    on every call, so the file is read once, by the library, and safely."""
+    saved = {k: os.environ.pop(k, None) for k in (_FORCE_SAFE, _FORCE_UNSAFE)}
+    os.environ[_FORCE_SAFE] = "1"
+    try:
+        with _numpy_numbers_allowed():
+            yield
+    except pickle.UnpicklingError as e:
+        raise _refused(Path(path), e) from None
+    finally:
+        os.environ.pop(_FORCE_SAFE, None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu", *, numpy_scalars: bool = False) -> dict[str, Any]:
     """Read a checkpoint or model file with ``weights_only=True``; anything else is an ``InputError``.
 
@@ -88,14 +128,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *, numpy_sc
         raise InputError(path, "checkpoint does not exist")
     try:
         if numpy_scalars:
-            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            with _numpy_numbers_allowed():
                 obj = torch.load(path, map_location=map_location, weights_only=True)
         else:
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(path, "refused: the file holds objects other than tensors and plain data, which could run "
-                               f"code when loaded; partialseg only loads files it wrote ({first})") from None
+        raise _refused(path, e) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise InputError(path, f"cannot read checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):

@@ -284,3 +284,20 @@ def test_real_session_several_objects_one_image(tiny_model: Path, small_case):
     assert set(out) == {3, 8, 9} and not out[9].any()
     assert all(m.shape == img.shape and m.dtype == np.bool_ for m in out.values())
     assert len(images.calls) == 1 and len(resets.calls) == 1 and len(boxes.calls) == 4
+
+
+@pytest.mark.nninteractive
+@needs_nni
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path):
+    import torch
+
+    from tests.test_checkpoint import _Payload
+
+    root = write_tiny_model(tmp_path / "model")
+    weights = root / "fold_0" / "checkpoint_final.pth"
+    marker = tmp_path / "pwned"
+    torch.save(torch.load(weights, weights_only=True) | {"extra": _Payload(marker)}, weights)
+    g = build_generalist("nninteractive", model_folder=root, device="cpu", do_autozoom=False)
+    with pytest.raises(InputError, match="refused") as e:
+        g.session  # noqa: B018 - loading the session reads the checkpoint
+    assert str(weights) in str(e.value) and not marker.exists()

@@ -169,6 +169,8 @@ class NNInteractiveGeneralist(Generalist):
         if self._session is None:
             import torch
 
+            from partialseg import checkpoint as ckpt
+
             threads = self.torch_threads or torch.get_num_threads()
             with self._quiet():
                 sess = self._session_cls(
@@ -178,10 +180,15 @@ class NNInteractiveGeneralist(Generalist):
                     torch_n_threads=threads,
                     do_autozoom=self.do_autozoom,
                 )
+                weights = self.model_folder / self._fold_name / self.checkpoint
                 try:
-                    sess.initialize_from_trained_model_folder(
-                        str(self.model_folder), use_fold=self._fold_name[len("fold_"):], checkpoint_name=self.checkpoint
-                    )
+                    # nnInteractive reads the checkpoint with weights_only=False, which could run code
+                    with ckpt.plain_data_loads(weights):
+                        sess.initialize_from_trained_model_folder(
+                            str(self.model_folder), use_fold=self._fold_name[len("fold_"):], checkpoint_name=self.checkpoint
+                        )
+                except InputError:
+                    raise
                 except Exception as e:  # nnInteractive raises many kinds on a broken folder
                     raise InputError(
                         self.model_folder, f"nnInteractive could not load this model ({type(e).__name__}: {e})"

@@ -18,6 +18,7 @@ torchvision imports, ``nnUNetv2_train`` with ``nnUNet_extTrainer`` set to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,13 +89,13 @@ def train(dataset: str | int, configuration: str, fold: int | str, trainer: str 
                 raise PartialsegError(f"{attr} must be >= 1, got {value}")
             setattr(t, attr, int(value))
     t.disable_checkpointing = disable_checkpointing
-    if pretrained_weights and not (continue_training or only_run_validation):
-        # nnU-Net reads the file with weights_only=False: refuse one that is not plain data before it does
-        # (read twice, once at start, rather than copy nnU-Net's layer matching)
-        from partialseg import checkpoint as ckpt
+    from partialseg import checkpoint as ckpt
 
-        ckpt.load(pretrained_weights, numpy_scalars=True)
-    maybe_load_checkpoint(t, continue_training, only_run_validation, pretrained_weights)
+    # nnU-Net reads pretrained weights with weights_only=False: as plain data only (the checkpoints of
+    # continue-training and --val go through the trainer's load_checkpoint, which does the same)
+    pretrained = pretrained_weights and not (continue_training or only_run_validation)
+    with ckpt.plain_data_loads(pretrained_weights) if pretrained else contextlib.nullcontext():
+        maybe_load_checkpoint(t, continue_training, only_run_validation, pretrained_weights)
     if torch.cuda.is_available():
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True

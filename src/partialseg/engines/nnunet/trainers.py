@@ -116,16 +116,17 @@ class nnUNetTrainer_partialseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        """nnU-Net's ``load_checkpoint`` (continue-training, ``--val``), for a file that reads as plain data
-        (:func:`partialseg.checkpoint.load`; otherwise an ``InputError``): nnU-Net reads it with
+        """nnU-Net's ``load_checkpoint`` (continue-training, ``--val``), reading the file as plain data only
+        (:func:`partialseg.checkpoint.plain_data_loads`; otherwise an ``InputError``): nnU-Net asks for
         ``weights_only=False``, which could run code."""
         from partialseg import checkpoint as ckpt
 
-        if isinstance(filename_or_checkpoint, (str, Path)):
-            ckpt.load(filename_or_checkpoint, "cpu", numpy_scalars=True)  # refuses anything but plain data
-            # then nnU-Net reads the file again: its load_checkpoint (2.8) uses a dict argument as unset
-            filename_or_checkpoint = str(filename_or_checkpoint)
-        super().load_checkpoint(filename_or_checkpoint)
+        if not isinstance(filename_or_checkpoint, (str, Path)):
+            super().load_checkpoint(filename_or_checkpoint)
+            return
+        # a path, not the loaded dict: nnU-Net's load_checkpoint (2.8) leaves a dict argument unused
+        with ckpt.plain_data_loads(filename_or_checkpoint):
+            super().load_checkpoint(str(filename_or_checkpoint))
 
     # ---- augmentation ----------------------------------------------------------------------------------
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:  # noqa: N802 (nnU-Net's name)
