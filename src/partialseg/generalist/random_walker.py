@@ -403,7 +403,9 @@ class RandomWalkerGeneralist(Generalist):
         """The region the mask is confined to."""
         return roi_from_prompts(prompts, shape, self.margin)
 
-    def _slice_boxes(self, prompts: Sequence[BoxPrompt], origin: np.ndarray, shape: tuple[int, ...], full: tuple[int, ...]) -> list[SliceBox]:
+    @staticmethod
+    def _slice_boxes(prompts: Sequence[BoxPrompt], origin: np.ndarray, shape: tuple[int, ...], full: tuple[int, ...],
+                     box_padding: int) -> list[SliceBox]:
         out = []
         for p in prompts:
             k = p.index - int(origin[p.axis])
@@ -414,7 +416,7 @@ class RandomWalkerGeneralist(Generalist):
                 a, b = max(p.lo[d] - int(origin[d]), 0), min(p.hi[d] - int(origin[d]), shape[d])
                 box.append(slice(a, b))
                 # shrink by the padding, except where the box was clipped at the volume border
-                pad = min(self.box_padding, max((b - a - 1) // 2, 0))
+                pad = min(box_padding, max((b - a - 1) // 2, 0))
                 t0 = pad if p.lo[d] > 0 else 0
                 t1 = (b - a) - (pad if p.hi[d] < full[d] else 0)
                 tight.append(slice(t0, max(t1, t0 + 1)))
@@ -431,9 +433,11 @@ class RandomWalkerGeneralist(Generalist):
         return factors
 
     def _segment_coarse(self, image: np.ndarray, spacing: Sequence[float], prompts: Sequence[BoxPrompt],
-                        roi: tuple[slice, slice, slice], factors: tuple[int, int, int]) -> np.ndarray:
+                        roi: tuple[slice, slice, slice], factors: tuple[int, int, int], box_padding: int) -> np.ndarray:
         """The walker on a block-averaged copy of the ROI's surroundings (its sparse system grows with the ROI's
         voxels: a 0.8 mm abdomen-sized box would need tens of GB), the mask repeated back to full resolution."""
+        # the crop grows past the ROI by its margin and a block, so that the coarse problem does not touch the
+        # volume's faces where the full one does not: ROI faces inside the volume stay background seeds
         grow = [(self.margin + 1) * f for f in factors]
         lo = [max(r.start - g, 0) for r, g in zip(roi, grow)]
         # the crop's start on the block grid; its end rounded up to whole blocks (edge-padded past the volume)
@@ -449,14 +453,8 @@ class RandomWalkerGeneralist(Generalist):
             phi = [min(-(-(v - a) // f), n) for v, a, f, n in zip(p.hi, lo, factors, c)]
             phi[p.axis] = plo[p.axis] + 1
             small.append(BoxPrompt(p.axis, plo[p.axis], tuple(plo), tuple(phi)))  # type: ignore[arg-type]
-        # the coarse problem must not touch the volume's faces where the full one does not: keep the
-        # crop's true extent, so ROI faces inside the volume stay background seeds
-        padding = self.box_padding
-        self.box_padding = int(round(padding / max(factors)))  # the prompts' padding, in coarse voxels
-        try:
-            mask = self.segment(coarse.astype(np.float32), [float(s) * f for s, f in zip(spacing, factors)], small)
-        finally:
-            self.box_padding = padding
+        mask = self._segment(coarse.astype(np.float32), [float(s) * f for s, f in zip(spacing, factors)], small,
+                             int(round(box_padding / max(factors))))  # the prompts' padding, in coarse voxels
         for d, f in enumerate(factors):
             mask = np.repeat(mask, f, axis=d)
         out = np.zeros(image.shape, bool)
@@ -464,19 +462,22 @@ class RandomWalkerGeneralist(Generalist):
         return out
 
     def segment(self, image: np.ndarray, spacing: Sequence[float], prompts: Sequence[BoxPrompt]) -> np.ndarray:
-        image = self._check(image, spacing, prompts)
+        return self._segment(self._check(image, spacing, prompts), spacing, prompts, self.box_padding)
+
+    def _segment(self, image: np.ndarray, spacing: Sequence[float], prompts: Sequence[BoxPrompt],
+                 box_padding: int) -> np.ndarray:
         out = np.zeros(image.shape, bool)
         if not prompts:
             return out
         roi = self.roi(image.shape, prompts)
         factors = self._coarse_factors([r.stop - r.start for r in roi], spacing)
         if factors != (1, 1, 1):
-            return self._segment_coarse(image, spacing, prompts, roi, factors)
+            return self._segment_coarse(image, spacing, prompts, roi, factors, box_padding)
         origin = np.array([s.start for s in roi])
         raw = np.clip(image[roi].astype(np.float64), *_CLIP)
         img = _smooth(raw, self.smoothing)
         shape = img.shape
-        boxes = self._slice_boxes(prompts, origin, shape, image.shape)
+        boxes = self._slice_boxes(prompts, origin, shape, image.shape, box_padding)
 
         # certain background: outside each box on its slice, and the ROI faces inside the volume
         bg_seed = np.zeros(shape, bool)
