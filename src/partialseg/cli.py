@@ -365,7 +365,7 @@ def predict(
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:i]'.")] = "auto",
     postprocess: Annotated[bool, typer.Option(help="Apply the postprocessing chosen on validation (largest component per organ, RUN/postprocessing.json).")] = True,
     mirror: Annotated[bool, typer.Option(help="Left-right mirror test-time augmentation (left/right organs swapped back; twice the time).")] = False,
-    low_memory: Annotated[bool, typer.Option(help="One sliding window at a time, logits blended in float16 (as nnU-Net's predictor): less memory, near-tie voxels may change label. Our own runs only.")] = False,
+    low_memory: Annotated[Optional[bool], typer.Option("--low-memory/--no-low-memory", help="One sliding window at a time, logits blended in float16 (as nnU-Net's predictor): less memory, near-tie voxels may change label. Default: on for volumes whose float32 logits would exceed 1 GB (a 512×512×160 CT with 15 organs), off for smaller ones. Our own runs only.")] = None,
 ) -> None:
     """Segment images; each output has the input's exact shape and affine."""
     from partialseg.engines.nnunet.predict import is_nnunet_run

@@ -105,7 +105,7 @@ def test_split_is_deterministic_and_respects_explicit_cases():
     assert va == ["c3"] and "c3" not in tr
 
 
-def test_cli_train_predict_evaluate_round_trip(partial_blocks, tmp_path):
+def test_cli_train_predict_evaluate_round_trip(partial_blocks, tmp_path, monkeypatch):
     runner = CliRunner()
     run = tmp_path / "run"
     args = ["train", str(partial_blocks), "--out", str(run), "--method", "marginal"]
@@ -134,6 +134,18 @@ def test_cli_train_predict_evaluate_round_trip(partial_blocks, tmp_path):
     assert r.exit_code == 0, r.output
     low = np.load(tmp_path / "low" / "case_000_probabilities.npz")["probabilities"]
     assert low.shape == plain.shape and np.abs(low.astype(np.float32) - plain.astype(np.float32)).max() < 5e-3
+    assert not np.array_equal(low, plain)
+    # the default chooses per volume: float32 blending for a phantom (the run above), low memory above 1 GB of logits
+    from partialseg.inference import predict as predict_module
+
+    assert predict_module.low_memory_for((512, 512, 160), 16) and not predict_module.low_memory_for((64, 60, 52), 16)
+    monkeypatch.setattr(predict_module, "LOW_MEMORY_ABOVE_GB", 0.0)
+    r = runner.invoke(app, ["predict", str(run), str(partial_blocks / "imagesTr"), str(tmp_path / "auto"), "--probabilities"])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.load(tmp_path / "auto" / "case_000_probabilities.npz")["probabilities"], low)
+    r = runner.invoke(app, ["predict", str(run), str(partial_blocks / "imagesTr"), str(tmp_path / "f32"), "--no-low-memory", "--probabilities"])
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.load(tmp_path / "f32" / "case_000_probabilities.npz")["probabilities"], plain)
 
 
 def test_predict_geometry_equals_non_ras_anisotropic_input(partial_blocks, tmp_path):

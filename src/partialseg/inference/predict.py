@@ -35,17 +35,18 @@ class Predictor:
     in_channels: int = 1
     #: class values whose largest connected component alone is kept (chosen on validation by training)
     largest_component: tuple[int, ...] = ()
-    #: windows per forward and the logits' blending precision (``low_memory``: 1 and float16, nnU-Net's predictor)
-    sw_batch_size: int = 2
-    blend_dtype: torch.dtype = torch.float32
+    #: one window per forward and logits blended in float16 (nnU-Net's predictor); ``None``: per volume,
+    #: when its float32 logits would exceed :data:`LOW_MEMORY_ABOVE_GB` (:func:`low_memory_for`)
+    low_memory: bool | None = None
 
     @classmethod
     def load(cls, run_or_model: str | Path, *, device: str = "auto", overlap: float | None = None, mirror: bool = False,
-             low_memory: bool = False) -> Predictor:
+             low_memory: bool | None = None) -> Predictor:
         """From a run folder (its ``model.pt``) or a model file; ``mirror``: left-right mirror test-time
         augmentation (:class:`~partialseg.inference.sliding_window.LeftRightMirrored`, twice the time);
         ``low_memory``: one window per forward and logits blended in float16 (a 512×512×160 case with 16
-        classes: about half the activations and half the blending buffers; labels may differ at near-ties)."""
+        classes: about half the activations and half the blending buffers; labels may differ at near-ties);
+        ``None`` (default): on for volumes whose float32 logits would exceed :data:`LOW_MEMORY_ABOVE_GB`."""
         from partialseg.networks import build_network
         from partialseg.preprocessing import NormalizationStats, PreprocessConfig
         from partialseg.runtime import resolve_device
@@ -75,8 +76,7 @@ class Predictor:
             bool(m.get("config", {}).get("train", {}).get("amp_cpu", False)),
             int(n["in_channels"]),
             tuple(space.index(name) for name in m.get("postprocessing", {}).get("largest_component", []) if name in space.names),
-            1 if low_memory else 2,
-            torch.float16 if low_memory else torch.float32,
+            low_memory,
         )
 
     def predict_volume(self, image: Volume, *, probabilities: bool = False, postprocess: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -88,11 +88,14 @@ class Predictor:
         from partialseg.preprocessing import preprocess_image, restore_to_original
 
         arr, meta = preprocess_image(image, self.preprocess, self.stats, self.preprocess.spacing)
+        low = self.low_memory
+        if low is None:
+            low = low_memory_for(arr.shape[1:], self.label_space.num_classes + 1)
         # labels only: streamed per slab, no (C, X, Y, Z) array; probabilities: kept in float16
         out = sliding_window_probabilities(
             self.net, self.method.probabilities, arr, self.patch_size, overlap=self.overlap, device=self.device, amp=self.amp,
-            amp_cpu=self.amp_cpu, argmax=not probabilities, dtype=torch.float16, sw_batch_size=self.sw_batch_size,
-            blend_dtype=self.blend_dtype,
+            amp_cpu=self.amp_cpu, argmax=not probabilities, dtype=torch.float16, sw_batch_size=1 if low else 2,
+            blend_dtype=torch.float16 if low else torch.float32,
         ).numpy()
         p = None
         if probabilities:
@@ -105,6 +108,18 @@ class Predictor:
 
             labels = keep_largest_components(labels, self.largest_component)
         return labels.astype(np.uint8), None if p is None else p.astype(np.float16)
+
+
+#: above this many GB of float32 logits (classes × voxels at the model's spacing) a volume is predicted with
+#: one window per forward and float16 blending: a 512×512×160 CT with 16 classes (2.7 GB) took 0.56 of the
+#: memory and 0.79 of the time of float32 blending (docs/measurements.md); the quick preset's phantoms
+#: (a few MB) keep float32 blending, so their results reproduce
+LOW_MEMORY_ABOVE_GB = 1.0
+
+
+def low_memory_for(shape: tuple[int, ...], classes: int) -> bool:
+    """Whether a volume of ``shape`` (X, Y, Z) at the model's spacing is predicted in low-memory mode."""
+    return 4 * classes * int(np.prod(shape)) > LOW_MEMORY_ABOVE_GB * 2**30
 
 
 def output_name(image_path: Path) -> str:
@@ -157,7 +172,7 @@ def predict_folder(
     progress: bool = True,
     postprocess: bool = True,
     mirror: bool = False,
-    low_memory: bool = False,
+    low_memory: bool | None = None,
 ) -> list[Path]:
     """Predict every ``*.nii.gz``/``*.nii`` in ``input_dir`` (or one file) into the new folder ``out_dir``
     (``postprocess``: with the run's postprocessing, see :meth:`Predictor.predict_volume`)."""
