@@ -149,7 +149,8 @@ def _tiny_ipnp_args(ds, run, rounds: int) -> list[str]:
 
 
 def _count_windows(monkeypatch) -> list[str]:
-    """Record the file of every caller of the sliding window (training's validation or a round's pass)."""
+    """Record the file of every caller of the sliding window (training's validation or a round's pass), through
+    ``Predictor.window_probabilities``."""
     import sys
 
     from partialseg.inference import sliding_window
@@ -158,7 +159,10 @@ def _count_windows(monkeypatch) -> list[str]:
     real_window = sliding_window.sliding_window_probabilities
 
     def counting_window(*a, **kw):
-        passes.append(Path(sys._getframe(1).f_code.co_filename).name)
+        frame = sys._getframe(1)
+        while Path(frame.f_code.co_filename).name == "predict.py":
+            frame = frame.f_back
+        passes.append(Path(frame.f_code.co_filename).name)
         return real_window(*a, **kw)
 
     monkeypatch.setattr(sliding_window, "sliding_window_probabilities", counting_window)

@@ -79,24 +79,31 @@ class Predictor:
             low_memory,
         )
 
+    def window_probabilities(self, image: np.ndarray, *, argmax: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Sliding-window probabilities (C, X, Y, Z) of a preprocessed ``image`` (1, X, Y, Z), or with ``argmax``
+        its label map (:func:`~partialseg.inference.sliding_window.sliding_window_probabilities`), in
+        low-memory mode when :attr:`low_memory` says so or, unset, when :func:`low_memory_for` does."""
+        from partialseg.inference.sliding_window import sliding_window_probabilities
+
+        low = self.low_memory
+        if low is None:
+            low = low_memory_for(image.shape[1:], self.label_space.num_classes + 1)
+        return sliding_window_probabilities(
+            self.net, self.method.probabilities, image, self.patch_size, overlap=self.overlap, device=self.device,
+            amp=self.amp, amp_cpu=self.amp_cpu, argmax=argmax, dtype=dtype, sw_batch_size=1 if low else 2,
+            blend_dtype=torch.float16 if low else torch.float32,
+        )
+
     def predict_volume(self, image: Volume, *, probabilities: bool = False, postprocess: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Label map (uint8, the input's shape/orientation) and optionally probabilities (C, ...) float16.
 
         ``postprocess``: apply the run's postprocessing (the organs whose largest connected component
         alone did better on validation; ``RUN/postprocessing.json``) to the label map."""
-        from partialseg.inference.sliding_window import sliding_window_probabilities
         from partialseg.preprocessing import preprocess_image, restore_to_original
 
         arr, meta = preprocess_image(image, self.preprocess, self.stats, self.preprocess.spacing)
-        low = self.low_memory
-        if low is None:
-            low = low_memory_for(arr.shape[1:], self.label_space.num_classes + 1)
         # labels only: streamed per slab, no (C, X, Y, Z) array; probabilities: kept in float16
-        out = sliding_window_probabilities(
-            self.net, self.method.probabilities, arr, self.patch_size, overlap=self.overlap, device=self.device, amp=self.amp,
-            amp_cpu=self.amp_cpu, argmax=not probabilities, dtype=torch.float16, sw_batch_size=1 if low else 2,
-            blend_dtype=torch.float16 if low else torch.float32,
-        ).numpy()
+        out = self.window_probabilities(arr, argmax=not probabilities, dtype=torch.float16).numpy()
         p = None
         if probabilities:
             p = restore_to_original(out, meta, is_label=False)

@@ -111,7 +111,6 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
     from partialseg import checkpoint as ckpt
     from partialseg.generalist.base import build_generalist
     from partialseg.inference.predict import Predictor
-    from partialseg.inference.sliding_window import sliding_window_probabilities
     from partialseg.preprocessing import PreparedDataset, class_locations
     from partialseg.training.stages import open_stage_run
     from partialseg.training.trainer import TrainCase, load_train_cases, train
@@ -149,10 +148,7 @@ def run_ipnp(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: 
             nonlocal predictor
             if predictor is None:
                 predictor = Predictor.load(prev_model)
-            return sliding_window_probabilities(
-                predictor.net, predictor.method.probabilities, base.image, predictor.patch_size,
-                overlap=predictor.overlap, device=predictor.device, amp=predictor.amp, amp_cpu=predictor.amp_cpu,
-            ).numpy()
+            return predictor.window_probabilities(base.image).numpy()
 
         train_cases = load_train_cases(prepared, all_ids)
         round_cases = [_round_case(base, case_probs, prepared) for base in train_cases]

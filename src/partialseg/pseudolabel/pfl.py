@@ -141,7 +141,6 @@ def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: A
     """Train the teachers, write the pseudo-full labels, train the student (module docstring)."""
     from partialseg import checkpoint as ckpt
     from partialseg.inference.predict import Predictor
-    from partialseg.inference.sliding_window import sliding_window_probabilities
     from partialseg.preprocessing import PreparedDataset, class_locations
     from partialseg.progress import progress as progress_bar
     from partialseg.training.stages import open_stage_run
@@ -191,11 +190,7 @@ def run_pfl(dataset: str | Path, out: str | Path, cfg: ExperimentConfig, opts: A
             for t in {chosen[k].name: chosen[k] for k in labelled}.values():
                 if t.name not in predictors:
                     predictors[t.name] = Predictor.load(run / "teachers" / t.name / ckpt.MODEL_FILE)
-                p = predictors[t.name]
-                probs = sliding_window_probabilities(
-                    p.net, p.method.probabilities, base.image, p.patch_size, overlap=p.overlap, device=p.device,
-                    amp=p.amp, amp_cpu=p.amp_cpu,
-                ).numpy()
+                probs = predictors[t.name].window_probabilities(base.image).numpy()
                 candidates |= {k: v for k, v in teacher_candidates(probs, t.organs).items() if k in labelled and chosen[k] is t}
             label, _ = merge_pseudo_full(np.asarray(base.label), base.annotated, candidates)
             save_pseudo(pseudo_dir, base.case_id, label, labelled)

@@ -37,7 +37,6 @@ def sweep_tau(
     from partialseg.generalist.base import build_generalist
     from partialseg.generalist.prompts import box_prompts_from_mask, roi_from_prompts
     from partialseg.inference.predict import Predictor
-    from partialseg.inference.sliding_window import sliding_window_probabilities
     from partialseg.preprocessing import PreparedDataset
     from partialseg.progress import progress as progress_bar
     from partialseg.pseudolabel.candidates import _protected
@@ -55,10 +54,7 @@ def sweep_tau(
     gen = build_generalist(generalist, **gopts)
     rows: list[dict[str, Any]] = []
     for case in progress_bar(load_train_cases(prepared, split["validation"]), desc="tau sweep", unit="case", enabled=progress):
-        probs = sliding_window_probabilities(
-            predictor.net, predictor.method.probabilities, case.image, predictor.patch_size,
-            overlap=predictor.overlap, device=predictor.device, amp=predictor.amp, amp_cpu=predictor.amp_cpu,
-        ).numpy()
+        probs = predictor.window_probabilities(case.image).numpy()
         label = np.asarray(case.label)
         hu = hounsfield(case.image, prepared.config, prepared.stats)
         spacing = prepared.case(case.case_id).meta.spacing
