@@ -122,6 +122,14 @@ def test_seeds_summary_with_matched_steps(tmp_path):
     assert "delta_dsc_mean" not in rows[("keep0.5", "marginal")]
     md = summary.read_text()
     assert "Wilcoxon" in md and "| keep0.5 | full |" in md and "missed / spurious" in md
+    # the archive (no models, predictions or data) gives the same summary
+    from partialseg.experiments.headline import archive_results, summarise_seeds
+
+    arch = archive_results(out, [0, 1], tmp_path / "archive")
+    assert not list(arch.rglob("*.pt")) and not list(arch.rglob("*.nii.gz"))
+    assert summarise_seeds(arch, [0, 1])["rows"] == data["rows"]
+    with pytest.raises(PartialsegError, match="exists"):
+        archive_results(out, [0, 1], arch)
 
 
 def test_transfer_setting_fine_tunes_every_method_against_scratch(tmp_path):

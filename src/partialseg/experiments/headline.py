@@ -30,7 +30,7 @@ import numpy as np
 from partialseg.errors import PartialsegError
 from partialseg.io import write_json_atomic, write_text_atomic
 
-__all__ = ["HEADLINE_TABLES", "HeadlineTable", "run_seeds", "summarise_seeds"]
+__all__ = ["HEADLINE_TABLES", "HeadlineTable", "archive_results", "run_seeds", "summarise_seeds"]
 
 #: IPnP's retraining in the headline tables: 2 rounds of 360 steps (30 % of the CPU recipe's 1200 each)
 _ROUNDS = "rounds=2,steps_per_round=360"
@@ -149,6 +149,42 @@ def validation_dsc(run: Path) -> float | None:
             if row.get("val_dsc_mean"):
                 last = float(row["val_dsc_mean"])
     return last
+
+
+def archive_results(out: str | Path, seeds: Sequence[int], dest: str | Path) -> Path:
+    """What :func:`summarise_seeds` reads of ``OUT/seed_<s>/``, without models, predictions or data, into the new
+    folder ``dest`` (about 20 kB a run: its label, config, test evaluation and validation rows), so that a
+    table's per-case numbers outlive the benchmark folder and later seeds or methods can be pooled with them."""
+    from partialseg.experiments.benchmark import RUN_LABEL_FILE, MethodSpec
+
+    out, dest = Path(out), Path(dest)
+    if dest.exists():
+        raise PartialsegError(f"{dest} exists; archive into a new folder")
+    for s in seeds:
+        runs = _runs(seed_folder(out, s))
+        for (setting, method), run in runs.items():
+            to = seed_folder(dest, s) / "runs" / setting / MethodSpec(method).folder
+            to.mkdir(parents=True)
+            write_json_atomic({"setting": setting, "method": method}, to / RUN_LABEL_FILE)
+            for name in ("test_eval.json", "config.yaml"):
+                if (run / name).exists():
+                    write_text_atomic((run / name).read_text(), to / name)
+            logs = sorted(run.glob("round_*/log.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+            log = logs[-1] if logs else run / "log.csv"
+            if log.exists():
+                with log.open() as f:
+                    rows = list(csv.DictReader(f))
+                buf = io.StringIO()
+                fields = list(rows[0]) if rows else ["step", "val_dsc_mean"]
+                w = csv.DictWriter(buf, fieldnames=fields)
+                w.writeheader()
+                w.writerows(r for r in rows if r.get("val_dsc_mean"))
+                (to / log.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(buf.getvalue(), to / log.relative_to(run))
+        # the table's row order
+        seed_folder(dest, s).mkdir(parents=True, exist_ok=True)
+        write_json_atomic([{"setting": k[0], "method": k[1]} for k in runs], seed_folder(dest, s) / "benchmark.json")
+    return dest
 
 
 def _wilcoxon(diffs: np.ndarray) -> float | None:
