@@ -166,3 +166,21 @@ def test_tables_score_raw_predictions_and_report_the_postprocessed_ones(tmp_path
     md = (out / "benchmark.md").read_text()
     assert "Postprocessing chosen on validation" in md and "liver, spleen" in md
     assert res.results[("keep0.5", "marginal")] == json.loads((run / "test_eval.json").read_text())  # unchanged
+
+
+def test_validation_dsc_reads_the_final_models_log(tmp_path):
+    from partialseg.experiments.headline import validation_dsc
+
+    def log(path, values):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("step,loss,val_dsc_mean\n" + "".join(f"{i},0.5,{v}\n" for i, v in enumerate(values)))
+
+    plain, pfl, ipnp = tmp_path / "marginal", tmp_path / "pfl", tmp_path / "ipnp"
+    log(plain / "log.csv", ["", "0.5", "", "0.7", ""])
+    log(pfl / "teachers" / "teacher_0" / "log.csv", ["0.9"])
+    log(pfl / "student" / "log.csv", ["0.6", "0.8"])
+    log(ipnp / "round_0" / "log.csv", ["0.9"])
+    log(ipnp / "round_10" / "log.csv", ["0.4"])
+    log(ipnp / "round_2" / "log.csv", ["0.3"])
+    assert validation_dsc(plain) == 0.7 and validation_dsc(pfl) == 0.8 and validation_dsc(ipnp) == 0.4
+    assert validation_dsc(tmp_path / "none") is None

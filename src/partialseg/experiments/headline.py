@@ -137,10 +137,17 @@ def _per_case(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {case: v["organs"] for case, v in evaluation["per_case"].items()}
 
 
-def validation_dsc(run: Path) -> float | None:
-    """Mean validation DSC at the last validation of a run (an IPnP run: of its last round)."""
+def _final_log(run: Path) -> Path:
+    """The training log of a run's final model: its own, an IPnP run's last round's, a PFL run's student's."""
     logs = sorted(run.glob("round_*/log.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    log = logs[-1] if logs else run / "log.csv"
+    if logs:
+        return logs[-1]
+    return run / "student" / "log.csv" if (run / "student" / "log.csv").exists() else run / "log.csv"
+
+
+def validation_dsc(run: Path) -> float | None:
+    """Mean validation DSC at the last validation of a run's final model (:func:`_final_log`)."""
+    log = _final_log(run)
     if not log.exists():
         return None
     last = None
@@ -169,8 +176,7 @@ def archive_results(out: str | Path, seeds: Sequence[int], dest: str | Path) -> 
             for name in ("test_eval.json", "config.yaml"):
                 if (run / name).exists():
                     write_text_atomic((run / name).read_text(), to / name)
-            logs = sorted(run.glob("round_*/log.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-            log = logs[-1] if logs else run / "log.csv"
+            log = _final_log(run)
             if log.exists():
                 with log.open() as f:
                     rows = list(csv.DictReader(f))
