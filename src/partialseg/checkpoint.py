@@ -103,7 +103,7 @@ _FORCE_SAFE, _FORCE_UNSAFE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WE
 def plain_data_loads(path: str | Path) -> Iterator[None]:
     """Every ``torch.load`` inside reads plain data only (``weights_only``, numpy numbers allowed), whatever
     ``weights_only`` its caller passes: for library code that reads a file we hand it with
-    ``weights_only=False`` (nnU-Net v2's ``load_checkpoint`` and pretrained weights), which could run code.
+    ``weights_only`` off (nnU-Net v2's ``load_checkpoint`` and pretrained weights), which could run code.
     A refused file is an ``InputError`` naming ``path``. torch (>= 2.4) reads ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``
     on every call, so the file is read once, by the library, and safely."""
     saved = {k: os.environ.pop(k, None) for k in (_FORCE_SAFE, _FORCE_UNSAFE)}
@@ -122,7 +122,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", *, numpy_sc
     """Read a checkpoint or model file with ``weights_only=True``; anything else is an ``InputError``.
 
     ``numpy_scalars``: also accept numpy numbers (nnU-Net v2's checkpoints keep them in their logs and
-    ``_best_ema``; nnU-Net itself reads its files with ``weights_only=False``, which could run code)."""
+    ``_best_ema``; nnU-Net itself unpickles its files unrestricted, which could run code)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "checkpoint does not exist")

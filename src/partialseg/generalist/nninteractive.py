@@ -182,7 +182,7 @@ class NNInteractiveGeneralist(Generalist):
                 )
                 weights = self.model_folder / self._fold_name / self.checkpoint
                 try:
-                    # nnInteractive reads the checkpoint with weights_only=False, which could run code
+                    # nnInteractive unpickles the checkpoint unrestricted, which could run code
                     with ckpt.plain_data_loads(weights):
                         sess.initialize_from_trained_model_folder(
                             str(self.model_folder), use_fold=self._fold_name[len("fold_"):], checkpoint_name=self.checkpoint

@@ -8,7 +8,7 @@ on those values, so they need no mapping), and ``OUT/labels.json``, with which `
 classes by name. The dataset's path variables are set inside RUN for the call (:mod:`.paths`).
 
 The network: the checkpoint is read as plain data only (:func:`partialseg.checkpoint.load`; nnU-Net's
-``initialize_from_trained_model_folder`` reads it with ``weights_only=False``, which could run code), the
+``initialize_from_trained_model_folder`` unpickles it unrestricted, which could run code), the
 network rebuilt as that function does and handed to ``nnUNetPredictor.manual_initialization``. Its trainer
 class: a partialseg one from :data:`~partialseg.engines.nnunet.trainers.TRAINERS` (nnU-Net's lookup would import
 its Primus trainers first, see run.py), ``nnUNetTrainer`` (what the TCT trainer exports, :mod:`.tct`) directly,
@@ -71,7 +71,7 @@ def load_predictor(folder: str | Path, fold: int | str, *, checkpoint: str = "ch
     predictor = nnUNetPredictor(tile_step_size=1.0 - overlap, use_gaussian=True, use_mirroring=mirror,
                                 perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=progress)
-    # plain data only (nnU-Net's initialize_from_trained_model_folder reads with weights_only=False), then the
+    # plain data only (nnU-Net's initialize_from_trained_model_folder unpickles unrestricted), then the
     # network rebuilt and handed over as that function does
     checkpoint_data = ckpt.load(ckpt_path, numpy_scalars=True)
     name = checkpoint_data["trainer_name"]

@@ -91,7 +91,7 @@ def train(dataset: str | int, configuration: str, fold: int | str, trainer: str 
     t.disable_checkpointing = disable_checkpointing
     from partialseg import checkpoint as ckpt
 
-    # nnU-Net reads pretrained weights with weights_only=False: as plain data only (the checkpoints of
+    # nnU-Net unpickles pretrained weights unrestricted: as plain data only (the checkpoints of
     # continue-training and --val go through the trainer's load_checkpoint, which does the same)
     pretrained = pretrained_weights and not (continue_training or only_run_validation)
     with ckpt.plain_data_loads(pretrained_weights) if pretrained else contextlib.nullcontext():

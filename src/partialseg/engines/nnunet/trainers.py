@@ -117,8 +117,8 @@ class nnUNetTrainer_partialseg(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming)
     # ---- checkpoints -------------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """nnU-Net's ``load_checkpoint`` (continue-training, ``--val``), reading the file as plain data only
-        (:func:`partialseg.checkpoint.plain_data_loads`; otherwise an ``InputError``): nnU-Net asks for
-        ``weights_only=False``, which could run code."""
+        (:func:`partialseg.checkpoint.plain_data_loads`; otherwise an ``InputError``): nnU-Net unpickles it
+        unrestricted, which could run code."""
         from partialseg import checkpoint as ckpt
 
         if not isinstance(filename_or_checkpoint, (str, Path)):
