@@ -133,16 +133,32 @@ def test_seeds_summary_with_matched_steps(tmp_path):
 
 
 def test_transfer_setting_fine_tunes_every_method_against_scratch(tmp_path):
-    out = tmp_path / "bench"
     import dataclasses
 
+    from partialseg.evaluation.evaluate import case_means
+    from partialseg.experiments.headline import archive_results, run_seeds, summarise_seeds
+
     preset = dataclasses.replace(TINY, transfer_cases=2)
-    run_benchmark(out, methods=["marginal", "dodnet"], preset=preset, protocol="tct", balance="equal", upper_bound=False,
-                  transfer=True, progress=False)
+    bench = tmp_path / "bench"
+    run_seeds(bench, [0], methods=["marginal", "dodnet"], preset=preset, protocol="tct", balance="equal",
+              upper_bound=False, transfer=True, progress=False)
+    out = bench / "seed_0"
     md = (out / "transfer" / "benchmark.md").read_text()
     assert "scratch" in md and "marginal → fine-tuned" in md and "dodnet → fine-tuned" in md
     assert "| pancreas |" in md and "| stomach |" in md  # the target's 15 organs, ten of them new
     runs = out / "transfer" / "runs"
+    # the transfer summary: each fine-tuned model against scratch, paired on the target's test cases
+    summary = json.loads((bench / "transfer" / "summary.json").read_text())
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert summary["reference"] == "scratch" and set(rows) == {"scratch", "marginal → fine-tuned", "dodnet → fine-tuned"}
+    assert "delta_dsc_mean" not in rows["scratch"] and rows["dodnet → fine-tuned"]["n_pairs"] == 2
+    per_case = {r: case_means({c: v["organs"] for c, v in json.loads((runs / r / "test_eval.json").read_text())["per_case"].items()})
+                for r in ("scratch", "marginal")}
+    diffs = [per_case["marginal"][c]["dsc"] - per_case["scratch"][c]["dsc"] for c in per_case["scratch"]]
+    assert rows["marginal → fine-tuned"]["delta_dsc_mean"] == pytest.approx(sum(diffs) / len(diffs))
+    arch = archive_results(bench, [0], tmp_path / "archive")
+    assert (arch / "seed_0" / "transfer" / "runs" / "marginal" / "finetune.json").exists()
+    assert summarise_seeds(arch, [0], reference="scratch", subfolder="transfer")["rows"] == summary["rows"]
     rec = json.loads((runs / "marginal" / "finetune.json").read_text())
     assert len(rec["matched_classes"]) == 5 and len(rec["new_classes"]) == 10 and rec["method"] == "full"
     rec = json.loads((runs / "dodnet" / "finetune.json").read_text())

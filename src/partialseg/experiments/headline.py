@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,6 +112,10 @@ def run_seeds(out: str | Path, seeds: Sequence[int], table: str | None = None, *
     for seed in seeds:
         run_benchmark(seed_folder(out, seed), seed=seed, **kwargs)
     summarise_seeds(out, seeds, reference=reference)
+    if kwargs.get("transfer"):
+        from partialseg.experiments.transfer import SCRATCH, TRANSFER
+
+        summarise_seeds(out, seeds, reference=SCRATCH, subfolder=TRANSFER)
     return out / "summary.md"
 
 
@@ -124,8 +129,10 @@ def _runs(folder: Path) -> dict[tuple[str, str], Path]:
     if (folder / "benchmark.json").exists():
         for r in json.loads((folder / "benchmark.json").read_text()):
             run = folder / "runs" / r["setting"] / MethodSpec(r["method"]).folder  # a label's folder
-            out.setdefault((r["setting"], r["method"]), run)
-    for f in sorted(folder.glob(f"runs/*/*/{RUN_LABEL_FILE}")):
+            if (run / "test_eval.json").exists():
+                out.setdefault((r["setting"], r["method"]), run)
+    # runs/SETTING/METHOD/ in a benchmark folder, runs/FOLDER/ in its transfer folder
+    for f in sorted([*folder.glob(f"runs/*/*/{RUN_LABEL_FILE}"), *folder.glob(f"runs/*/{RUN_LABEL_FILE}")]):
         if (f.parent / "test_eval.json").exists():
             label = json.loads(f.read_text())
             out.setdefault((label["setting"], label["method"]), f.parent)
@@ -159,21 +166,26 @@ def validation_dsc(run: Path) -> float | None:
 
 
 def archive_results(out: str | Path, seeds: Sequence[int], dest: str | Path) -> Path:
-    """What :func:`summarise_seeds` reads of ``OUT/seed_<s>/``, without models, predictions or data, into the new
-    folder ``dest`` (about 20 kB a run: its label, config, test evaluation and validation rows), so that a
-    table's per-case numbers outlive the benchmark folder and later seeds or methods can be pooled with them."""
-    from partialseg.experiments.benchmark import RUN_LABEL_FILE, MethodSpec
+    """What :func:`summarise_seeds` reads of ``OUT/seed_<s>/`` and of its transfer folder, without models,
+    predictions or data, into the new folder ``dest`` (about 20 kB a run: its label, config, test evaluation
+    and validation rows), so that a table's per-case numbers outlive the benchmark folder and later seeds or
+    methods can be pooled with them."""
+    from partialseg.experiments.benchmark import RUN_LABEL_FILE
+    from partialseg.experiments.transfer import TRANSFER
 
     out, dest = Path(out), Path(dest)
     if dest.exists():
         raise PartialsegError(f"{dest} exists; archive into a new folder")
-    for s in seeds:
-        runs = _runs(seed_folder(out, s))
+    for s, sub in itertools.product(seeds, ("", TRANSFER)):
+        src = seed_folder(out, s) / sub
+        if sub and not src.is_dir():
+            continue
+        runs = _runs(src)
         for (setting, method), run in runs.items():
-            to = seed_folder(dest, s) / "runs" / setting / MethodSpec(method).folder
+            to = seed_folder(dest, s) / run.relative_to(seed_folder(out, s))
             to.mkdir(parents=True)
             write_json_atomic({"setting": setting, "method": method}, to / RUN_LABEL_FILE)
-            for name in ("test_eval.json", "config.yaml"):
+            for name in ("test_eval.json", "config.yaml", "finetune.json"):
                 if (run / name).exists():
                     write_text_atomic((run / name).read_text(), to / name)
             log = _final_log(run)
@@ -188,8 +200,8 @@ def archive_results(out: str | Path, seeds: Sequence[int], dest: str | Path) -> 
                 (to / log.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(buf.getvalue(), to / log.relative_to(run))
         # the table's row order
-        seed_folder(dest, s).mkdir(parents=True, exist_ok=True)
-        write_json_atomic([{"setting": k[0], "method": k[1]} for k in runs], seed_folder(dest, s) / "benchmark.json")
+        (seed_folder(dest, s) / sub).mkdir(parents=True, exist_ok=True)
+        write_json_atomic([{"setting": k[0], "method": k[1]} for k in runs], seed_folder(dest, s) / sub / "benchmark.json")
     return dest
 
 
@@ -206,13 +218,19 @@ def _sd(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarise_seeds(out: str | Path, seeds: Sequence[int], *, reference: str = "marginal") -> dict[str, Any]:
-    """Aggregate ``OUT/seed_<s>/`` benchmark folders into ``OUT/summary.{md,csv,json}`` (see module doc)."""
+def summarise_seeds(
+    out: str | Path, seeds: Sequence[int], *, reference: str = "marginal", subfolder: str = ""
+) -> dict[str, Any]:
+    """Aggregate ``OUT/seed_<s>/`` benchmark folders into ``OUT/summary.{md,csv,json}`` (see module doc).
+
+    ``subfolder``: aggregate ``OUT/seed_<s>/SUBFOLDER/`` into ``OUT/SUBFOLDER/summary.*`` instead (the
+    transfer setting: ``subfolder="transfer", reference="scratch"``).
+    """
     from partialseg.evaluation.evaluate import case_means
     from partialseg.experiments.benchmark import UPPER_BOUND
 
     out = Path(out)
-    per_seed: dict[int, dict[tuple[str, str], Path]] = {s: _runs(seed_folder(out, s)) for s in seeds}
+    per_seed: dict[int, dict[tuple[str, str], Path]] = {s: _runs(seed_folder(out, s) / subfolder) for s in seeds}
     keys = [k for k in per_seed[seeds[0]] if all(k in per_seed[s] for s in seeds)]
     evals = {(s, k): json.loads((per_seed[s][k] / "test_eval.json").read_text()) for s in seeds for k in keys}
     ub = next((k for k in keys if k[0] == UPPER_BOUND), None)
@@ -244,7 +262,7 @@ def summarise_seeds(out: str | Path, seeds: Sequence[int], *, reference: str = "
                   "delta_dsc_mean": float(np.nanmean(a_dsc)), "delta_dsc_sd": float(np.nanstd(a_dsc, ddof=1)),
                   "p_dsc": _wilcoxon(a_dsc), "delta_hd95_mean": float(np.nanmean(a_hd)), "p_hd95": _wilcoxon(a_hd)}
         rows.append(r)
-    _write_summary(out, seeds, reference, rows)
+    _write_summary(out / subfolder, seeds, reference, rows)
     return {"seeds": list(seeds), "reference": reference, "rows": rows}
 
 
