@@ -126,8 +126,10 @@ def _runs(folder: Path) -> dict[tuple[str, str], Path]:
     from partialseg.experiments.benchmark import RUN_LABEL_FILE, MethodSpec
 
     out: dict[tuple[str, str], Path] = {}
+    listed: dict[tuple[str, str], int] = {}  # the order the benchmark ran them in
     if (folder / "benchmark.json").exists():
         for r in json.loads((folder / "benchmark.json").read_text()):
+            listed.setdefault((r["setting"], r["method"]), len(listed))
             run = folder / "runs" / r["setting"] / MethodSpec(r["method"]).folder  # a label's folder
             if (run / "test_eval.json").exists():
                 out.setdefault((r["setting"], r["method"]), run)
@@ -137,7 +139,8 @@ def _runs(folder: Path) -> dict[tuple[str, str], Path]:
             label = json.loads(f.read_text())
             out.setdefault((label["setting"], label["method"]), f.parent)
     order = {s: i for i, s in enumerate(dict.fromkeys(s for s, _ in out))}
-    return dict(sorted(out.items(), key=lambda kv: (kv[0][0] != "upper_bound", order[kv[0][0]])))
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0] != "upper_bound", order[kv[0][0]],
+                                                    listed.get(kv[0], len(listed)))))
 
 
 def _per_case(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
